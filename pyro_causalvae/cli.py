@@ -1,0 +1,188 @@
+"""Command line: ``pyro-causalvae demo | train`` (also ``python -m pyro_causalvae``).
+
+Errors are printed as one readable line (exit status 2); ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EPILOG = "Run 'pyro-causalvae COMMAND --help' for a command's options."
+
+
+def _edges(text: str) -> list[tuple[str, str]]:
+    """Parse ``"a->b, b->c"`` into edges."""
+    edges = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "->" not in part:
+            raise ValueError(f"edge {part!r} must be written parent->child")
+        u, v = (s.strip() for s in part.split("->", 1))
+        edges.append((u, v))
+    return edges
+
+
+def _graph_arg(text: str | None, dataset):
+    """``learn`` | ``true`` (the dataset's graph) | a JSON edge-list file | ``"a->b,b->c"``."""
+    if text is None or text == "learn":
+        return "learn"
+    if text == "true":
+        if dataset.graph is None:
+            raise ValueError("--graph true: this dataset has no known graph")
+        return dataset.graph
+    path = Path(text)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"--graph file {path} does not exist")
+        data = json.loads(path.read_text())
+        edges = data["edges"] if isinstance(data, dict) else data
+        return [tuple(e) for e in edges]
+    return _edges(text)
+
+
+def _weights(items: list[str] | None):
+    from .loss import LossWeights
+
+    kw = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--weight {item!r} must be NAME=VALUE")
+        k, v = item.split("=", 1)
+        if k not in LossWeights.__dataclass_fields__:
+            raise ValueError(f"unknown loss weight {k!r}; known: {sorted(LossWeights.__dataclass_fields__)}")
+        try:
+            kw[k] = float(v)
+        except ValueError as err:
+            raise ValueError(f"--weight {k}={v!r} is not a number") from err
+    return LossWeights(**kw)
+
+
+def load_dataset(args, split: str = "train"):
+    """Build the dataset named by ``args`` (``--dataset``, ``--root``, ``--labels``, ``--size``...)."""
+    from . import datasets
+
+    name = args.dataset
+    if name == "pendulum":
+        return datasets.Pendulum(split=split, size=args.size, seed=args.data_seed, noise=args.noise)
+    if name == "flow":
+        return datasets.Flow(split=split, size=args.size, seed=args.data_seed, noise=args.noise)
+    if name == "celeba":
+        if args.root is None:
+            raise ValueError("--dataset celeba needs --root (the folder with img_align_celeba/ and list_attr_celeba.txt)")
+        return datasets.CelebA(args.root, subset=args.subset, split=split, size=args.size, preload=True)
+    if name == "folder":
+        if args.root is None or args.labels is None:
+            raise ValueError("--dataset folder needs --root IMAGE_FOLDER and --labels LABELS.csv")
+        if split != "train":
+            return None
+        return datasets.ConceptImageDataset(args.root, args.labels)
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    if not demo:
+        p.add_argument("--dataset", choices=["pendulum", "flow", "celeba", "folder"], required=True)
+        p.add_argument("--root", help="data folder (celeba: CelebA's folder; folder: the images)")
+        p.add_argument("--labels", help="labels CSV for --dataset folder (header: concept names, optional filename)")
+        p.add_argument("--subset", default="smile", help="CelebA concept subset: smile | beard")
+        p.add_argument("--noise", type=float, default=0.0, help="synthetic datasets: observation noise on child concepts")
+        p.add_argument("--size", type=int, default=96, help="image side in pixels (default 96; CelebA 64)")
+    p.add_argument("--out", default="runs/demo" if demo else None, required=not demo, help="run directory")
+    p.add_argument("--epochs", type=int, default=12 if demo else 30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--concept-dim", type=int, default=4)
+    p.add_argument("--graph", default="learn", help="learn | true | edges 'a->b,b->c' | edges.json")
+    p.add_argument("--weight", action="append", metavar="NAME=VALUE", help="loss weight, e.g. --weight kl=0.5 (repeatable)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data split")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--threshold", type=float, default=0.3, help="|A| threshold of the reported graph")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-causalvae", description="CausalVAE as a Pyro program.", epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="generate Pendulum, train a CausalVAE on it, write figures")
+    _add_train_args(demo, demo=True)
+    train = sub.add_parser("train", help="train a CausalVAE")
+    _add_train_args(train)
+    for p in (demo, train):
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def run_training(args, dataset_args) -> int:
+    import pyro
+
+    from . import plotting
+    from .metrics import edge_precision_recall, shd
+    from .model import CausalVAE
+    from .train import fit
+
+    weights = _weights(args.weight)
+    t0 = time.perf_counter()
+    train = load_dataset(dataset_args, "train")
+    test = load_dataset(dataset_args, "test")
+    print(f"data: {train!r} ({time.perf_counter() - t0:.1f} s)")
+    graph = _graph_arg(args.graph, train)
+    pyro.set_rng_seed(args.seed)  # the initial weights too
+    model = CausalVAE(train.concepts, train.image_shape, concept_dim=args.concept_dim, graph=graph,
+                      label_loc=train.label_loc, label_scale=train.label_scale)
+    out = Path(args.out)
+    history = fit(model, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights,
+                  device=args.device, seed=args.seed, out_dir=out, resume=args.resume, progress=not args.no_progress,
+                  extra_config={"data": {k: v for k, v in vars(dataset_args).items() if k in
+                                         ("dataset", "root", "labels", "subset", "noise", "size", "data_seed")}})
+    model.cpu()
+    last = history.last()
+    print(f"trained {last['epoch']} epochs: loss {last['loss']:.1f}, recon {last['recon']:.1f}, "
+          f"h(A) {last['h']:.2e}, {last['images_per_s']:.0f} images/s")
+    learned = model.graph(threshold=args.threshold)
+    print("learned graph:", ", ".join(f"{u}->{v}" for u, v in learned.edges()) or "(no edges)")
+    if train.graph is not None:
+        p, r = edge_precision_recall(learned, train.graph)
+        print(f"vs the true graph: SHD {shd(learned, train.graph)}, precision {p:.2f}, recall {r:.2f}")
+    evalset = test if test is not None else train
+    x = evalset.images[:8].float() / 255.0 if evalset.images is not None else None
+    figs = [plotting.plot_losses(history, out / "losses.png"),
+            plotting.plot_graph(learned, out / "graph.png", true_graph=train.graph)]
+    if x is not None:
+        figs.append(plotting.plot_reconstructions(x, model.reconstruct(x), out / "reconstructions.png"))
+    print("figures:", ", ".join(str(f) for f in figs))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            ds = argparse.Namespace(dataset="pendulum", root=None, labels=None, subset=None, noise=0.0, size=96, data_seed=args.data_seed)
+            print("pyro-causalvae demo: Pendulum (96x96), CausalVAE trained on 2 CPU cores for a few minutes")
+            return run_training(args, ds)
+        if args.command == "train":
+            return run_training(args, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"pyro-causalvae: error: {err}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""The container every dataset of this package is: images + concept labels (+ an optional causal graph).
+
+:class:`ConceptImageDataset` holds ``N`` images as one ``uint8`` tensor ``[N, C, H, W]`` (``C`` is 1 or 3),
+their concept labels in natural units as a ``float32`` tensor ``[N, K]`` (or ``None`` for unlabelled
+images), the ``K`` concept names, an optional causal graph over the concepts, and the affine map that
+normalises labels for the model: ``normalised = (labels - label_loc) / label_scale``.
+
+Reading image folders and CSV tables, saving (``.npz``) and exporting (PNG folder) live in
+:mod:`pyro_causalvae.datasets.io`; they are exposed here as :meth:`ConceptImageDataset.save`,
+:meth:`ConceptImageDataset.load`, :meth:`ConceptImageDataset.to_folder` and
+:meth:`ConceptImageDataset.from_folder`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .._validation import GraphLike, check_concepts, check_finite, check_graph
+from . import io as _io
+
+PathLike = str | os.PathLike
+
+__all__ = ["ConceptImageDataset"]
+
+
+def _is_path(x: object) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def _as_vector(value, k: int, what: str) -> torch.Tensor:
+    """``value`` as a finite float32 tensor of shape ``[k]`` (a scalar is broadcast), or ``ValueError``."""
+    if torch.is_tensor(value):
+        value = value.detach().cpu()
+    try:
+        t = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=torch.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be {k} numbers, got {value!r}") from err
+    if t.dim() == 0:
+        t = t.expand(k).clone()
+    if t.shape != (k,):
+        raise ValueError(f"{what} must have shape [{k}] (one value per concept), got shape {list(t.shape)}")
+    check_finite(t, what)
+    return t
+
+
+class ConceptImageDataset(Dataset):
+    """Images with concept labels and an optional causal graph over the concepts.
+
+    :param images: one of
+
+        - a ``uint8`` tensor / numpy array ``[N, C, H, W]`` (stored as is);
+        - a floating tensor / numpy array ``[N, C, H, W]`` with values in ``[0, 1]``
+          (stored as ``uint8`` via ``round(x * 255)``);
+        - a path to a folder of image files (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``; names starting with
+          ``.`` are skipped). Images are converted to RGB unless all are grayscale (an alpha channel is
+          dropped). Rows follow the sorted file names, unless ``labels`` is a CSV file with a ``filename``
+          column, which then maps each row to its file (files not listed are ignored).
+
+        ``C`` must be 1 or 3.
+    :param labels: concept labels in natural units: a tensor / numpy array ``[N, K]``, or a path to a CSV
+        file whose header names the concepts (plus an optional ``filename`` column), or ``None`` for
+        unlabelled images (then ``concepts`` is required).
+    :param concepts: the ``K`` concept names. Required with tensor labels or no labels; with a CSV file it
+        selects and orders columns (default: all columns but ``filename``, in file order).
+    :param graph: a ``networkx.DiGraph`` or a list of ``(parent, child)`` edges over the concepts, or
+        ``None`` (unknown graph). Must be acyclic.
+    :param label_loc: ``[K]`` centre of the normalisation (default from the data: ``(min + max) / 2`` per
+        column; ``0`` without labels). A scalar is broadcast.
+    :param label_scale: ``[K]`` positive scale of the normalisation (default ``(max - min) / 2`` per column,
+        a zero range replaced by 1; ``1`` without labels). A scalar is broadcast.
+    :param name: a short name for the dataset.
+
+    Items: ``dataset[i]`` is ``(image, label)`` with ``image`` a float32 tensor ``[C, H, W]`` in ``[0, 1]``
+    and ``label`` the *normalised* float32 labels ``[K]``. For an unlabelled dataset ``dataset[i]`` is the
+    image tensor alone.
+
+    :raises ValueError: for malformed input (the message names the problem), before any decoding.
+    :raises FileNotFoundError: for a missing image folder or CSV file.
+    """
+
+    def __init__(
+        self,
+        images,
+        labels=None,
+        concepts: Sequence[str] | None = None,
+        graph: GraphLike = None,
+        *,
+        label_loc=None,
+        label_scale=None,
+        name: str = "custom",
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if concepts is not None:
+            concepts = check_concepts(concepts)
+
+        # --- labels (cheap to validate, so before images) ----------------------------------------
+        filenames: list[str] | None = None
+        if _is_path(labels):
+            table = _io.read_labels_csv(labels, concepts)
+            concepts, label_t, filenames = table.concepts, table.labels, table.filenames
+        elif labels is not None:
+            if concepts is None:
+                raise ValueError("concepts (the K concept names) are required when labels is a tensor or array")
+            label_t = _labels_tensor(labels)
+            if label_t.shape[1] != len(concepts):
+                raise ValueError(
+                    f"labels have {label_t.shape[1]} columns but {len(concepts)} concepts were named "
+                    f"({list(concepts)}); labels must have shape [N, K] with K = len(concepts)"
+                )
+        else:
+            if concepts is None:
+                raise ValueError("concepts (the K concept names) are required for unlabelled images (labels=None)")
+            label_t = None
+        k = len(concepts)
+        if label_t is not None:
+            _check_label_columns(label_t, concepts)
+
+        checked_graph = check_graph(graph, concepts)
+
+        # --- normalisation ---------------------------------------------------------------------------
+        if label_loc is not None:
+            loc = _as_vector(label_loc, k, "label_loc")
+        elif label_t is not None and label_t.shape[0] > 0:
+            loc = (label_t.amin(0) + label_t.amax(0)) / 2
+        else:
+            loc = torch.zeros(k)
+        if label_scale is not None:
+            scale = _as_vector(label_scale, k, "label_scale")
+            if not (scale > 0).all():
+                bad = int((scale <= 0).nonzero()[0, 0])
+                raise ValueError(
+                    f"label_scale must be > 0, got {float(scale[bad])} for concept {concepts[bad]!r}"
+                )
+        elif label_t is not None and label_t.shape[0] > 0:
+            scale = (label_t.amax(0) - label_t.amin(0)) / 2
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        else:
+            scale = torch.ones(k)
+
+        # --- images ----------------------------------------------------------------------------------
+        if _is_path(images):
+            files = _io.list_image_files(images, filenames)
+            if label_t is not None and label_t.shape[0] != len(files):
+                raise ValueError(
+                    f"labels have {label_t.shape[0]} rows but the folder {os.fspath(images)!r} holds "
+                    f"{len(files)} images; labels must have one row per image"
+                )
+            image_t = _io.read_images(files)
+        else:
+            image_t = _images_tensor(images)
+            if label_t is not None and label_t.shape[0] != image_t.shape[0]:
+                raise ValueError(
+                    f"labels have {label_t.shape[0]} rows but there are {image_t.shape[0]} images; "
+                    "labels must have one row per image"
+                )
+
+        self.images: torch.Tensor = image_t
+        self.labels: torch.Tensor | None = label_t
+        self.concepts: tuple[str, ...] = tuple(concepts)
+        self.graph: nx.DiGraph | None = checked_graph
+        self.label_loc: torch.Tensor = loc.to(torch.float32)
+        self.label_scale: torch.Tensor = scale.to(torch.float32)
+        self.name: str = name
+
+    # ------------------------------------------------------------------------------------------------
+    # shape and labels
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image."""
+        return tuple(int(s) for s in self.images.shape[1:])
+
+    @property
+    def num_concepts(self) -> int:
+        """``K``, the number of concepts."""
+        return len(self.concepts)
+
+    @property
+    def labels_normalised(self) -> torch.Tensor | None:
+        """``(labels - label_loc) / label_scale`` as float32 ``[N, K]``, or ``None`` without labels."""
+        if self.labels is None:
+            return None
+        return self.normalise(self.labels)
+
+    def normalise(self, labels) -> torch.Tensor:
+        """Map labels ``[..., K]`` in natural units to the model's scale."""
+        t = self._label_like(labels, "labels")
+        return (t - self.label_loc) / self.label_scale
+
+    def denormalise(self, labels_norm) -> torch.Tensor:
+        """Inverse of :meth:`normalise`: normalised labels ``[..., K]`` back to natural units."""
+        t = self._label_like(labels_norm, "labels_norm")
+        return t * self.label_scale + self.label_loc
+
+    def _label_like(self, labels, what: str) -> torch.Tensor:
+        t = torch.as_tensor(labels, dtype=torch.float32, device=self.label_loc.device)
+        if t.dim() == 0 or t.shape[-1] != self.num_concepts:
+            raise ValueError(
+                f"{what} must have shape [..., {self.num_concepts}] (concepts {list(self.concepts)}), "
+                f"got shape {list(t.shape)}"
+            )
+        return t
+
+    # ------------------------------------------------------------------------------------------------
+    # Dataset protocol
+    # ------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i):
+        """``(image float32 [C, H, W] in [0, 1], normalised labels float32 [K])``; the image alone if unlabelled."""
+        image = self.images[i].to(torch.float32) / 255.0
+        if self.labels is None:
+            return image
+        return image, (self.labels[i] - self.label_loc) / self.label_scale
+
+    def _all_images_uint8(self) -> torch.Tensor:
+        """All images as a CPU ``uint8`` tensor ``[N, C, H, W]`` (subclasses that decode lazily override)."""
+        return self.images.cpu()
+
+    def _index(self, indices) -> torch.Tensor:
+        n = len(self)
+        if isinstance(indices, slice):
+            return torch.arange(n)[indices]
+        idx = torch.as_tensor(np.asarray(indices) if not torch.is_tensor(indices) else indices)
+        if idx.dtype == torch.bool:
+            if idx.shape != (n,):
+                raise ValueError(f"a boolean mask must have shape [{n}], got {list(idx.shape)}")
+            return idx.nonzero().flatten()
+        if idx.numel() == 0:
+            return torch.zeros(0, dtype=torch.long)
+        if idx.is_floating_point() or idx.is_complex() or idx.dim() > 1:
+            raise ValueError(f"indices must be a 1-d sequence of integers, a boolean mask or a slice, got {indices!r}")
+        idx = idx.reshape(-1).to(torch.long)
+        if ((idx < -n) | (idx >= n)).any():
+            bad = int(idx[(idx < -n) | (idx >= n)][0])
+            raise ValueError(f"index {bad} is out of range for a dataset of {n} items")
+        return torch.where(idx < 0, idx + n, idx)
+
+    def subset(self, indices) -> ConceptImageDataset:
+        """A new :class:`ConceptImageDataset` with the rows ``indices`` (integers, a boolean mask or a slice).
+
+        The concepts, graph, name, ``label_loc`` and ``label_scale`` are kept (so normalised labels agree
+        with the parent's). The result is a plain :class:`ConceptImageDataset` even for a subclass, whose
+        extra per-dataset state (e.g. a simulator) does not follow the rows.
+        """
+        idx = self._index(indices)
+        if idx.numel() == 0:
+            raise ValueError("subset needs at least one index")
+        return ConceptImageDataset(
+            self.images[idx.to(self.images.device)],
+            None if self.labels is None else self.labels[idx.to(self.labels.device)],
+            self.concepts,
+            self.graph,
+            label_loc=self.label_loc,
+            label_scale=self.label_scale,
+            name=self.name,
+        )
+
+    def to(self, device) -> ConceptImageDataset:
+        """Move images, labels, ``label_loc`` and ``label_scale`` to ``device`` in place; returns ``self``."""
+        self.images = self.images.to(device)
+        if self.labels is not None:
+            self.labels = self.labels.to(device)
+        self.label_loc = self.label_loc.to(device)
+        self.label_scale = self.label_scale.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        graph = "None" if self.graph is None else f"{self.graph.number_of_edges()} edges"
+        labelled = "labelled" if self.labels is not None else "unlabelled"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, n={len(self)}, image_shape={self.image_shape}, "
+            f"concepts={list(self.concepts)}, {labelled}, graph={graph})"
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # saving / loading
+    # ------------------------------------------------------------------------------------------------
+    def save(self, path: PathLike, *, compress: bool = False) -> Path:
+        """Save to one ``.npz`` file at ``path`` (used exactly as given), atomically.
+
+        The file holds ``images`` (uint8), ``labels`` (float32, if any), ``label_loc``, ``label_scale`` and
+        a JSON ``meta`` string (concepts, graph edges, name, format version); it loads with
+        ``numpy.load(path, allow_pickle=False)``. The data are written to a temporary file in the same
+        directory, flushed and fsync'ed, then renamed over ``path``: an interrupted save leaves any
+        existing file at ``path`` intact. ``compress=True`` uses ``numpy.savez_compressed``.
+        """
+        return _io.save_npz(self, path, compress=compress)
+
+    @classmethod
+    def load(cls, path: PathLike) -> ConceptImageDataset:
+        """Load a file written by :meth:`save`, never unpickling anything.
+
+        Always returns a plain :class:`ConceptImageDataset` (a saved ``Pendulum``, ``Flow`` or ``CelebA``
+        loads back as its images, labels, concepts, graph and normalisation, without simulator state).
+
+        :raises FileNotFoundError: if ``path`` does not exist.
+        :raises ValueError: if the file would need unpickling, lacks or has unexpected keys, or has an
+            unknown format version.
+        """
+        return _io.load_npz(path)
+
+    def to_folder(self, path: PathLike, *, overwrite: bool = False) -> Path:
+        """Export as a folder: zero-padded PNG files, ``labels.csv``, ``graph.json`` and ``meta.json``.
+
+        ``labels.csv`` has a ``filename`` column and one column per concept (values written with enough
+        digits to round-trip float32); ``graph.json`` holds the concepts and edges (``null`` for no graph);
+        ``meta.json`` the name, ``label_loc`` and ``label_scale``. The folder is written to a temporary
+        sibling and renamed into place. An existing non-empty folder is only replaced with
+        ``overwrite=True``, and then only after the new one is complete.
+
+        ``ConceptImageDataset(path, path / "labels.csv", graph=...)`` reads it back with identical images
+        and labels; :meth:`from_folder` also restores the graph, name and normalisation.
+
+        :raises FileExistsError: if ``path`` is a non-empty folder and ``overwrite`` is false, or a file.
+        """
+        return _io.export_folder(self, path, overwrite=overwrite)
+
+    @classmethod
+    def from_folder(cls, path: PathLike) -> ConceptImageDataset:
+        """Read back a folder written by :meth:`to_folder` (graph, name and normalisation included)."""
+        return _io.import_folder(path)
+
+
+def _labels_tensor(labels) -> torch.Tensor:
+    """Tensor/array labels as a float32 tensor ``[N, K]`` (not yet checked for finiteness)."""
+    if torch.is_tensor(labels):
+        t = labels.detach()
+    else:
+        try:
+            arr = np.asarray(labels)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"labels must be a tensor, an array, a CSV path or None, got {type(labels).__name__}") from err
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise ValueError(f"labels must be numeric, got an array of dtype {arr.dtype}")
+        t = torch.as_tensor(np.ascontiguousarray(arr))
+    if t.is_complex():
+        raise ValueError("labels must be real numbers, got a complex tensor")
+    if t.dim() != 2:
+        raise ValueError(f"labels must be 2-d [N, K], got shape {list(t.shape)}")
+    return t.to(device="cpu", dtype=torch.float32).clone()
+
+
+def _check_label_columns(labels: torch.Tensor, concepts: Sequence[str]) -> None:
+    bad = ~torch.isfinite(labels)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"labels of concept {concepts[col]!r} (column {col}) are not finite: {float(labels[row, col])} "
+            f"in row {row} ({int(bad[:, col].sum())} bad entries in that column)"
+        )
+
+
+def _images_tensor(images) -> torch.Tensor:
+    """Tensor/array images as a uint8 tensor ``[N, C, H, W]``, validated."""
+    if torch.is_tensor(images):
+        t = images.detach() if images.requires_grad else images
+    elif isinstance(images, np.ndarray):
+        if images.dtype == object:
+            raise ValueError("images must be a numeric array, got an object array")
+        t = torch.as_tensor(np.ascontiguousarray(images))
+    else:
+        raise ValueError(
+            "images must be a uint8 or float tensor / numpy array [N, C, H, W] or a path to a folder of "
+            f"images, got {type(images).__name__}"
+        )
+    if t.dim() != 4:
+        raise ValueError(f"images must be 4-d [N, C, H, W], got shape {list(t.shape)}")
+    if t.shape[1] not in (1, 3):
+        raise ValueError(
+            f"images must have 1 (grayscale) or 3 (RGB) channels in dim 1 ([N, C, H, W]), got {t.shape[1]} "
+            f"(shape {list(t.shape)})"
+        )
+    if t.shape[0] == 0:
+        raise ValueError("images is empty: there are no images (N = 0)")
+    if t.shape[2] == 0 or t.shape[3] == 0:
+        raise ValueError(f"images have zero height or width: shape {list(t.shape)}")
+    if t.dtype == torch.uint8:
+        return t
+    if not t.is_floating_point():
+        raise ValueError(f"images must be uint8 or floating point with values in [0, 1], got dtype {t.dtype}")
+    check_finite(t, "images")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"float images must have values in [0, 1], got values in [{lo}, {hi}] "
+            "(pass uint8 images for the 0..255 range)"
+        )
+    work = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return torch.round(t.to(dtype=work) * 255.0).to(torch.uint8)

@@ -1,0 +1,531 @@
+"""Reading image folders and CSV label tables; atomic saving and safe loading of datasets.
+
+- :func:`read_labels_csv` -- a CSV table whose header names the concepts (plus an optional ``filename``).
+- :func:`list_image_files`, :func:`read_images` -- a folder of PNG / JPEG / BMP files as one uint8 tensor.
+- :func:`save_npz` / :func:`load_npz` -- one ``.npz`` file, written atomically (temporary file, fsync,
+  ``os.replace``) and read with ``allow_pickle=False`` (a file that would need unpickling is refused).
+- :func:`export_folder` / :func:`import_folder` -- PNG files + ``labels.csv`` + ``graph.json`` +
+  ``meta.json``, written to a temporary sibling folder and renamed into place.
+
+The functions that build datasets import :class:`~pyro_causalvae.datasets.base.ConceptImageDataset` lazily
+(``base`` imports this module).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import ConceptImageDataset
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LabelTable",
+    "read_labels_csv",
+    "list_image_files",
+    "read_images",
+    "save_npz",
+    "load_npz",
+    "export_folder",
+    "import_folder",
+]
+
+#: File name endings (lower case) that :func:`list_image_files` picks up in a folder.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+#: ``format`` field of the metadata in files written by :func:`save_npz`.
+FORMAT = "pyro_causalvae.ConceptImageDataset"
+#: Version of the ``.npz`` layout written by :func:`save_npz`; :func:`load_npz` reads only this one.
+FORMAT_VERSION = 1
+
+_FILENAME = "filename"
+_NPZ_REQUIRED = frozenset({"images", "label_loc", "label_scale", "meta"})
+_NPZ_OPTIONAL = frozenset({"labels"})
+_GRAY_MODES = frozenset({"1", "L", "LA"})
+_UNSUPPORTED_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+_UMASK = _umask()
+
+
+# ----------------------------------------------------------------------------------------------------
+# CSV label tables
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabelTable:
+    """A parsed label CSV: the selected concept names, their values and the optional file names."""
+
+    concepts: tuple[str, ...]
+    labels: torch.Tensor  # float32 [N, K]
+    filenames: list[str] | None
+
+
+def _existing_file(path, what: str) -> Path:
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise FileNotFoundError(f"{what} not found: {os.fspath(p)!r}")
+    if p.is_dir():
+        raise ValueError(f"{what} {os.fspath(p)!r} is a folder, expected a file")
+    return p
+
+
+def _read_csv_rows(p: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (stripped names) and ``(line number, cells)`` of the non-blank data rows."""
+    with open(p, newline="", encoding="utf-8-sig") as f:
+        rows = [(i + 1, row) for i, row in enumerate(csv.reader(f))]
+    rows = [(line, row) for line, row in rows if any(c.strip() for c in row)]
+    if not rows:
+        raise ValueError(f"label CSV {os.fspath(p)!r} is empty: expected a header naming the concepts")
+    header = [c.strip() for c in rows[0][1]]
+    return header, rows[1:]
+
+
+def read_labels_csv(path, concepts=None) -> LabelTable:
+    """Read concept labels from a CSV file.
+
+    :param path: the CSV file. Its header names the columns; a column named ``filename`` (optional) maps
+        each row to an image file; every other column is a concept with numeric values.
+    :param concepts: names of the columns to keep, in this order (default: all but ``filename``).
+    :raises FileNotFoundError: if the file does not exist.
+    :raises ValueError: for an empty file, duplicate or empty column names, unknown ``concepts`` (the
+        available columns are listed), rows with the wrong number of cells (line named), non-numeric values
+        (column and row named), empty or duplicate file names, or no data rows.
+    """
+    p = _existing_file(path, "label CSV file")
+    header, rows = _read_csv_rows(p)
+    where = f"label CSV {os.fspath(p)!r}"
+    if any(not h for h in header):
+        raise ValueError(f"{where} has an empty column name in its header {header}")
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ValueError(f"{where} has duplicate column names {dup}")
+    available = [h for h in header if h != _FILENAME]
+    if concepts is None:
+        concepts = tuple(available)
+        if not concepts:
+            raise ValueError(f"{where} has no concept columns (header {header})")
+    else:
+        concepts = tuple(concepts)
+        unknown = [c for c in concepts if c not in available]
+        if unknown:
+            raise ValueError(f"{where} has no column(s) {unknown}; available concept columns are {available}")
+    if not rows:
+        raise ValueError(f"{where} has a header but no data rows")
+    col_idx = [header.index(c) for c in concepts]
+    values = np.empty((len(rows), len(concepts)), dtype=np.float64)
+    filenames: list[str] | None = [] if _FILENAME in header else None
+    fn_idx = header.index(_FILENAME) if filenames is not None else -1
+    for r, (line, row) in enumerate(rows):
+        if len(row) != len(header):
+            raise ValueError(
+                f"{where}: line {line} (data row {r}) has {len(row)} cells but the header has {len(header)}"
+            )
+        for k, j in enumerate(col_idx):
+            cell = row[j].strip()
+            try:
+                values[r, k] = float(cell)
+            except ValueError:
+                raise ValueError(
+                    f"{where}: non-numeric value {cell!r} in column {concepts[k]!r}, data row {r} "
+                    f"(line {line})"
+                ) from None
+        if filenames is not None:
+            name = row[fn_idx].strip()
+            if not name:
+                raise ValueError(f"{where}: empty filename in data row {r} (line {line})")
+            filenames.append(name)
+    if filenames is not None:
+        seen: set[str] = set()
+        for r, name in enumerate(filenames):
+            if name in seen:
+                raise ValueError(f"{where}: filename {name!r} appears twice (again in data row {r})")
+            seen.add(name)
+    labels = torch.from_numpy(values.astype(np.float32))
+    return LabelTable(concepts=concepts, labels=labels, filenames=filenames)
+
+
+# ----------------------------------------------------------------------------------------------------
+# image folders
+# ----------------------------------------------------------------------------------------------------
+def list_image_files(folder, filenames=None) -> list[Path]:
+    """The image files of ``folder``, validated, in row order.
+
+    :param filenames: names (relative to ``folder``) giving the row order, e.g. a CSV ``filename`` column;
+        default: every file whose name ends in one of :data:`IMAGE_EXTENSIONS` (any case) and does not
+        start with ``.``, sorted by name. Sub-folders are not searched.
+    :raises FileNotFoundError: if ``folder`` does not exist.
+    :raises ValueError: if it is not a folder, holds no images, or a listed file is missing (named).
+    """
+    root = Path(os.fspath(folder))
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {os.fspath(root)!r}")
+    if not root.is_dir():
+        raise ValueError(f"images path {os.fspath(root)!r} is not a folder")
+    if filenames is None:
+        files = sorted(
+            (e for e in root.iterdir() if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith(".")),
+            key=lambda e: e.name,
+        )
+        files = [f for f in files if f.is_file()]
+        if not files:
+            raise ValueError(
+                f"no images in folder {os.fspath(root)!r}: expected files ending in {list(IMAGE_EXTENSIONS)}"
+            )
+        return files
+    files = []
+    missing = []
+    for name in filenames:
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"filename {name!r} must be a path inside the image folder {os.fspath(root)!r}")
+        f = root / rel
+        if not f.is_file():
+            missing.append(name)
+        files.append(f)
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ValueError(
+            f"{len(missing)} filename(s) of the labels CSV do not exist in the image folder "
+            f"{os.fspath(root)!r}: {shown}"
+        )
+    if not files:
+        raise ValueError(f"no images listed for folder {os.fspath(root)!r}")
+    return files
+
+
+def _open_error(f: Path, err: Exception) -> ValueError:
+    return ValueError(f"cannot read image file {os.fspath(f)!r}: {err}")
+
+
+def read_images(files) -> torch.Tensor:
+    """Decode image files of one size into a uint8 tensor ``[N, C, H, W]``.
+
+    All headers are checked first (sizes, modes); then the images are decoded. ``C`` is 1 if every image is
+    grayscale (PIL mode ``1``, ``L`` or ``LA``), else 3 (converted to RGB; alpha dropped).
+
+    :raises ValueError: for an unreadable file, 16-bit / float images, or mixed sizes (two files named).
+    """
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValueError("no image files to read")
+    sizes, modes = [], []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                sizes.append(im.size)
+                modes.append(im.mode)
+        except (UnidentifiedImageError, OSError) as err:
+            raise _open_error(f, err) from err
+        if modes[-1] in _UNSUPPORTED_MODES:
+            raise ValueError(
+                f"image file {os.fspath(f)!r} has mode {modes[-1]!r} (16-bit or float); only 8-bit images are supported"
+            )
+        if sizes[-1] != sizes[0]:
+            (w0, h0), (w1, h1) = sizes[0], sizes[-1]
+            raise ValueError(
+                f"images have mixed sizes: {os.fspath(files[0])!r} is {w0}x{h0} (WxH) but {os.fspath(f)!r} is "
+                f"{w1}x{h1}; all images must have the same size"
+            )
+    gray = all(m in _GRAY_MODES for m in modes)
+    mode, c = ("L", 1) if gray else ("RGB", 3)
+    w, h = sizes[0]
+    out = torch.empty((len(files), c, h, w), dtype=torch.uint8)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                arr = np.array(im.convert(mode), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as err:
+            raise _open_error(f, err) from err
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        out[i] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# atomic file helpers
+# ----------------------------------------------------------------------------------------------------
+def _fsync_dir(d: Path) -> None:
+    """Best effort: make a rename in ``d`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _parent_dir(path: Path, what: str) -> Path:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"cannot write {what} {os.fspath(path)!r}: folder {os.fspath(parent)!r} does not exist")
+    return parent
+
+
+def _meta(ds: ConceptImageDataset) -> dict:
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "class": type(ds).__name__,
+        "name": ds.name,
+        "concepts": list(ds.concepts),
+        "edges": None if ds.graph is None else [[str(u), str(v)] for u, v in ds.graph.edges()],
+    }
+
+
+def save_npz(ds: ConceptImageDataset, path, *, compress: bool = False) -> Path:
+    """Write ``ds`` to one ``.npz`` file at ``path`` atomically; see :meth:`ConceptImageDataset.save`."""
+    path = Path(os.fspath(path))
+    parent = _parent_dir(path, "dataset file")
+    if path.is_dir():
+        raise ValueError(f"cannot save dataset to {os.fspath(path)!r}: it is a folder")
+    arrays = {
+        "images": ds._all_images_uint8().cpu().numpy(),
+        "label_loc": ds.label_loc.detach().cpu().numpy().astype(np.float32),
+        "label_scale": ds.label_scale.detach().cpu().numpy().astype(np.float32),
+        "meta": np.array(json.dumps(_meta(ds))),
+    }
+    if ds.labels is not None:
+        arrays["labels"] = ds.labels.detach().cpu().numpy().astype(np.float32)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if compress:
+                np.savez_compressed(f, **arrays)
+            else:
+                np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(parent)
+    return path
+
+
+def _refuse_pickle(path: Path, err: Exception) -> ValueError:
+    return ValueError(
+        f"refusing to unpickle {os.fspath(path)!r}: it holds pickled (object) data, which can run arbitrary "
+        f"code when loaded; files written by ConceptImageDataset.save never do ({err})"
+    )
+
+
+def _is_pickle_error(err: Exception) -> bool:
+    return "pickle" in str(err).lower()
+
+
+def load_npz(path) -> ConceptImageDataset:
+    """Read a file written by :func:`save_npz` with ``allow_pickle=False``; see :meth:`ConceptImageDataset.load`."""
+    from .base import ConceptImageDataset
+
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file not found: {os.fspath(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"dataset path {os.fspath(path)!r} is a folder, expected an .npz file")
+    where = f"dataset file {os.fspath(path)!r}"
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if _is_pickle_error(err):
+            raise _refuse_pickle(path, err) from err
+        raise ValueError(f"{where} is not a readable .npz file: {err}") from err
+    except PermissionError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{where} is not a readable .npz file: {err}") from err
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{where} is a single .npy array, not an .npz archive written by ConceptImageDataset.save")
+    with npz:
+        keys = set(npz.files)
+        missing = sorted(_NPZ_REQUIRED - keys)
+        extra = sorted(keys - _NPZ_REQUIRED - _NPZ_OPTIONAL)
+        if missing or extra:
+            raise ValueError(
+                f"{where} is not a ConceptImageDataset file: missing keys {missing}, unexpected keys {extra} "
+                f"(expected {sorted(_NPZ_REQUIRED)} and optionally {sorted(_NPZ_OPTIONAL)})"
+            )
+        arrays = {}
+        for key in sorted(keys):
+            try:
+                arrays[key] = npz[key]
+            except ValueError as err:
+                if _is_pickle_error(err):
+                    raise _refuse_pickle(path, err) from err
+                raise ValueError(f"{where}: cannot read array {key!r}: {err}") from err
+            except (OSError, EOFError, zipfile.BadZipFile) as err:
+                raise ValueError(f"{where}: cannot read array {key!r}: {err}") from err
+    meta_arr = arrays["meta"]
+    if meta_arr.shape != () or meta_arr.dtype.kind != "U":
+        raise ValueError(f"{where}: 'meta' must be a JSON string, got dtype {meta_arr.dtype} shape {meta_arr.shape}")
+    try:
+        meta = json.loads(str(meta_arr))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: 'meta' is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{where}: 'meta' does not describe a {FORMAT} file")
+    if meta.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{where} has format version {meta.get('version')!r}; this code reads version {FORMAT_VERSION}"
+        )
+    for field in ("name", "concepts", "edges"):
+        if field not in meta:
+            raise ValueError(f"{where}: 'meta' lacks the field {field!r}")
+    images = arrays["images"]
+    if images.dtype != np.uint8:
+        raise ValueError(f"{where}: 'images' must be uint8, got {images.dtype}")
+    labels = arrays.get("labels")
+    for key in ("labels", "label_loc", "label_scale"):
+        a = arrays.get(key)
+        if a is not None and a.dtype != np.float32:
+            raise ValueError(f"{where}: {key!r} must be float32, got {a.dtype}")
+    return ConceptImageDataset(
+        torch.from_numpy(images),
+        None if labels is None else torch.from_numpy(labels),
+        meta["concepts"],
+        None if meta["edges"] is None else [tuple(e) for e in meta["edges"]],
+        label_loc=torch.from_numpy(arrays["label_loc"]),
+        label_scale=torch.from_numpy(arrays["label_scale"]),
+        name=meta["name"],
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# PNG folders
+# ----------------------------------------------------------------------------------------------------
+def _float_text(x: float) -> str:
+    """Exact text of a float32 value: the repr of its (exact) float64 value parses back to the same bits."""
+    return repr(float(x))
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def export_folder(ds: ConceptImageDataset, path, *, overwrite: bool = False) -> Path:
+    """Write ``ds`` as PNG files + ``labels.csv`` + ``graph.json`` + ``meta.json``; see
+    :meth:`ConceptImageDataset.to_folder`. The small text files and the folders are fsync'ed; the PNG
+    files are not individually."""
+    path = Path(os.fspath(path))
+    parent = _parent_dir(path, "dataset folder")
+    if path.exists() or path.is_symlink():
+        if not path.is_dir() or path.is_symlink():
+            raise FileExistsError(f"cannot export dataset to {os.fspath(path)!r}: it exists and is not a folder")
+        if any(path.iterdir()) and not overwrite:
+            raise FileExistsError(
+                f"folder {os.fspath(path)!r} exists and is not empty; pass overwrite=True to replace it"
+            )
+    if _FILENAME in ds.concepts:
+        raise ValueError(f"cannot export a concept named {_FILENAME!r}: labels.csv uses that column for file names")
+    images = ds._all_images_uint8().cpu()
+    n = int(images.shape[0])
+    width = max(5, len(str(n - 1)))
+    names = [f"{i:0{width}d}.png" for i in range(n)]
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.tmp-"))
+    try:
+        for name, img in zip(names, images, strict=True):
+            arr = img.numpy().transpose(1, 2, 0)
+            pil = Image.fromarray(arr[:, :, 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr, mode="RGB")
+            pil.save(tmp / name, format="PNG")
+        labels = None if ds.labels is None else ds.labels.detach().cpu().to(torch.float32).tolist()
+        header = [_FILENAME] if labels is None else [_FILENAME, *ds.concepts]
+        lines = []
+        for i, name in enumerate(names):
+            lines.append([name] + ([] if labels is None else [_float_text(v) for v in labels[i]]))
+        with open(tmp / "labels.csv", "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        edges = None if ds.graph is None else [[str(u), str(v)] for u, v in ds.graph.edges()]
+        _write_text(tmp / "graph.json", json.dumps({"concepts": list(ds.concepts), "edges": edges}, indent=1) + "\n")
+        meta = {
+            "format": FORMAT + ".folder",
+            "version": FORMAT_VERSION,
+            "name": ds.name,
+            "label_loc": [float(v) for v in ds.label_loc.detach().cpu().tolist()],
+            "label_scale": [float(v) for v in ds.label_scale.detach().cpu().tolist()],
+        }
+        _write_text(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        _fsync_dir(tmp)
+        if path.exists():
+            backup = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.old-"))
+            os.rmdir(backup)
+            os.rename(path, backup)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(backup, path)
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+    return path
+
+
+def import_folder(path) -> ConceptImageDataset:
+    """Read a folder written by :func:`export_folder` (images, labels, graph, name, normalisation)."""
+    from .base import ConceptImageDataset
+
+    root = Path(os.fspath(path))
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {os.fspath(root)!r}")
+    csv_path = _existing_file(root / "labels.csv", "labels.csv of the dataset folder")
+    graph_path = _existing_file(root / "graph.json", "graph.json of the dataset folder")
+    try:
+        graph_info = json.loads(graph_path.read_text(encoding="utf-8"))
+        meta_path = root / "meta.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"dataset folder {os.fspath(root)!r}: invalid JSON: {err}") from err
+    if not isinstance(graph_info, dict) or "concepts" not in graph_info or "edges" not in graph_info:
+        raise ValueError(f"{os.fspath(graph_path)!r} must hold an object with 'concepts' and 'edges'")
+    concepts = graph_info["concepts"]
+    edges = None if graph_info["edges"] is None else [tuple(e) for e in graph_info["edges"]]
+    header, _ = _read_csv_rows(csv_path)
+    labelled = any(h.strip() != _FILENAME for h in header)
+    kwargs = {
+        "label_loc": meta.get("label_loc"),
+        "label_scale": meta.get("label_scale"),
+        "name": meta.get("name", "custom"),
+    }
+    if labelled:
+        return ConceptImageDataset(root, csv_path, concepts, edges, **kwargs)
+    return ConceptImageDataset(root, None, concepts, edges, **kwargs)

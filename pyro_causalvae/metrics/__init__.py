@@ -1,0 +1,5 @@
+"""Evaluation metrics, one module per family (pure NumPy / networkx cores)."""
+
+from .graph import edge_precision_recall, shd
+
+__all__ = ["edge_precision_recall", "shd"]

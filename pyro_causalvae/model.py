@@ -1,0 +1,345 @@
+"""The CausalVAE as a Pyro program: structural-equation sample sites, amortised guide, learned DAG.
+
+References:
+    [1] Yang, Liu, Chen, Shen, Hao, Wang. "CausalVAE: Disentangled Representation Learning via Neural
+        Structural Causal Models", CVPR 2021 (arXiv 2004.08697).
+    [2] Louizos et al. "Causal Effect Inference with Deep Latent-Variable Models" (Pyro's CEVAE: the
+        model/guide ``PyroModule`` pattern followed here).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import networkx as nx
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from pyro.nn.module import to_pyro_module_
+from torch.nn import functional as F
+
+from ._validation import check_concepts, check_finite
+from .dag import AugmentedLagrangian, GraphSpec, acyclicity, causal_order, order_mask, to_networkx
+from .nets import ConvDecoder, ConvEncoder, Mechanisms, MLPDecoder, MLPEncoder, check_image_size
+
+
+def noise_site(concept: str) -> str:
+    """Name of the exogenous-noise sample site of ``concept`` (``"<concept>_noise"``)."""
+    return f"{concept}_noise"
+
+
+class CausalVAE(PyroModule):
+    r"""CausalVAE with one structural-equation sample site per concept.
+
+    Generative story, for each image ``n`` in the plate ``"data"`` and each concept ``i`` in a
+    topological order of the graph (``concept_dim = d``):
+
+    .. code-block:: none
+
+        eps_i ~ Normal(0, I_d)                          site "<concept>_noise"  [N, d]  exogenous noise
+        z_i   = g_i(A[:, i] o z) + s_i * eps_i          site "<concept>"        [N, d]  structural equation
+        u     ~ Normal(z, sigma_u)                      site "labels"           [N, K, d]  concept labels
+        x     ~ Normal(decoder(z), sigma_x)             site "x"                [N, C, H, W]
+
+    ``A`` (``[K, K]``, zero diagonal, ``A[j, i]``: edge ``j -> i``) is learned under an acyclicity
+    constraint or fixed by a known graph; ``g_i`` are the mask-layer mechanisms
+    (:class:`~pyro_causalvae.nets.Mechanisms`). A concept site is a deterministic function of its parents
+    and of its own noise site, so ``pyro.poutine.do(model, {"shadow_length": v})`` replaces its value and
+    every descendant is recomputed from it (multi-hop), while replaying a guide trace holds each concept's
+    exogenous noise: that is abduction-action-prediction with plain Pyro handlers.
+
+    Concept values live in *normalised label units*: the labels site reads each concept's normalised
+    label (about [-1, 1]; see :class:`~pyro_causalvae.datasets.ConceptImageDataset`) in every dim of its
+    block (as the official code's label-conditioned prior does), so ``do(c=v)`` sets concept ``c`` to the
+    label value ``v`` and the mean of a block is the model's reading of its concept.
+
+    The guide ``q(eps | x)`` is a convolutional encoder (an MLP for flat inputs) giving a diagonal Normal
+    posterior for each concept block, turned into the posterior of each concept's noise through the
+    structural equations (see :meth:`guide`). It conditions on the image only, so that unlabelled images can be
+    abducted; ``u`` is accepted for the common signature.
+
+    :param concepts: the K concept names (site names).
+    :param image_shape: ``(C, H, W)`` of the images (square, side a multiple of 4), or ``(D,)`` for flat
+        observations (MLP encoder/decoder).
+    :param concept_dim: dims per concept block ``d``.
+    :param graph: ``"learn"`` (default), or a known ``networkx.DiGraph`` / edge list that fixes A's support.
+    :param required: edges that a learned graph must contain.
+    :param forbidden: edges that a learned graph must not contain.
+    :param channels: conv channels; ``hidden``: width of MLP layers; ``mechanism_hidden``: width of g_i.
+    :param pixel_scale: std of the Normal likelihood of the pixels (images in [0, 1]).
+    :param label_noise: std ``sigma_u`` of the labels given the concept blocks (normalised units).
+    :param label_loc: ``[K]`` centre of each label's natural units (for unit conversion), default 0.
+    :param label_scale: ``[K]`` half-range of each label's natural units, default 1.
+    """
+
+    def __init__(
+        self,
+        concepts: Sequence[str],
+        image_shape: Sequence[int],
+        concept_dim: int = 4,
+        graph: nx.DiGraph | Sequence[tuple[str, str]] | str | None = "learn",
+        required: Sequence[tuple[str, str]] = (),
+        forbidden: Sequence[tuple[str, str]] = (),
+        channels: int = 64,
+        hidden: int = 256,
+        mechanism_hidden: int = 32,
+        pixel_scale: float = 0.1,
+        label_noise: float = 0.05,
+        label_loc: Sequence[float] | torch.Tensor | None = None,
+        label_scale: Sequence[float] | torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.concepts = check_concepts(concepts)
+        K = len(self.concepts)
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) == 3:
+            check_image_size(image_shape)
+        elif len(image_shape) != 1 or image_shape[0] < 1:
+            raise ValueError(f"image_shape must be (C, H, W) or (D,), got {image_shape}")
+        for name, v in [("concept_dim", concept_dim), ("channels", channels), ("hidden", hidden), ("mechanism_hidden", mechanism_hidden)]:
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if channels % 2:
+            raise ValueError(f"channels must be even, got {channels}")
+        for name, v in [("pixel_scale", pixel_scale), ("label_noise", label_noise)]:
+            if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        self.spec = GraphSpec.build(self.concepts, graph, required, forbidden)
+        self.image_shape = image_shape
+        self.concept_dim = int(concept_dim)
+        self.pixel_scale = float(pixel_scale)
+        self.label_noise = float(label_noise)
+        self._config = dict(
+            concepts=list(self.concepts), image_shape=list(image_shape), concept_dim=concept_dim,
+            graph_spec=self.spec.to_json(), channels=channels, hidden=hidden,
+            mechanism_hidden=mechanism_hidden, pixel_scale=pixel_scale, label_noise=label_noise,
+        )
+
+        latent = K * self.concept_dim
+        if len(image_shape) == 3:
+            self.encoder = ConvEncoder(image_shape, 2 * latent, channels, hidden)
+            self.decoder = ConvDecoder(latent, image_shape, channels, hidden)
+        else:
+            self.encoder = MLPEncoder(image_shape[0], 2 * latent, (hidden, hidden))
+            self.decoder = MLPDecoder(latent, image_shape[0], (hidden, hidden))
+        self.mechanisms = Mechanisms(K, self.concept_dim, mechanism_hidden)
+        for m in (self.encoder, self.decoder, self.mechanisms):
+            to_pyro_module_(m)
+
+        support = self.spec.support()
+        self.register_buffer("support", support)
+        self.register_buffer("required_edges", self.spec.required_mask())
+        init = support.clone() if not self.spec.learned else torch.zeros(K, K)
+        self.A_raw = torch.nn.Parameter(init)
+        self.noise_scale_raw = torch.nn.Parameter(torch.full((K,), -0.5))  # softplus -> about 0.47
+        self.al = AugmentedLagrangian()
+        order = self._known_order() if not self.spec.learned else list(range(K))
+        self.register_buffer("order", torch.as_tensor(order, dtype=torch.long))
+        self.register_buffer("order_mask", order_mask(order))
+        loc = torch.zeros(K) if label_loc is None else torch.as_tensor(label_loc, dtype=torch.float32)
+        scale = torch.ones(K) if label_scale is None else torch.as_tensor(label_scale, dtype=torch.float32)
+        if loc.shape != (K,) or scale.shape != (K,):
+            raise ValueError(f"label_loc and label_scale must have shape [{K}], got {list(loc.shape)} and {list(scale.shape)}")
+        check_finite(loc, "label_loc")
+        check_finite(scale, "label_scale")
+        if (scale <= 0).any():
+            raise ValueError("label_scale must be positive")
+        self.register_buffer("label_loc", loc)
+        self.register_buffer("label_scale", scale)
+
+    # ------------------------------------------------------------------ graph
+    def _known_order(self) -> list[int]:
+        idx = {c: i for i, c in enumerate(self.concepts)}
+        return [idx[c] for c in nx.lexicographical_topological_sort(self.spec.known, key=idx.get)]
+
+    @property
+    def adjacency(self) -> torch.Tensor:
+        """The weighted adjacency ``A`` of shape ``[K, K]`` (support-masked, zero diagonal)."""
+        return self.A_raw * self.support
+
+    def scm_adjacency(self) -> torch.Tensor:
+        """``A`` restricted to the current causal order (always a DAG): what the structural equations use."""
+        return self.adjacency * self.order_mask
+
+    def acyclicity(self) -> torch.Tensor:
+        """``h(A)`` (zero for a known graph)."""
+        return acyclicity(self.adjacency)
+
+    @torch.no_grad()
+    def update_order(self) -> None:
+        """Recompute the causal order from the learned ``A`` (no-op for a known graph)."""
+        if self.spec.learned:
+            order = causal_order(self.adjacency)
+            self.order.copy_(torch.as_tensor(order, device=self.order.device))
+            self.order_mask.copy_(order_mask(order).to(self.order_mask.device))
+
+    def graph(self, threshold: float = 0.3) -> nx.DiGraph:
+        """The causal graph over the concept names: edges with ``|A[j, i]| > threshold``.
+
+        Required (and known) edges are always included. Edge attribute ``weight`` holds ``A[j, i]``.
+        """
+        g = to_networkx(self.adjacency, self.concepts, threshold)
+        A = self.adjacency.detach().cpu()
+        for j, i in self.required_edges.nonzero().tolist():
+            g.add_edge(self.concepts[j], self.concepts[i], weight=float(A[j, i]))
+        return g
+
+    def noise_scales(self) -> torch.Tensor:
+        """``s`` of shape ``[K]``: scale of each concept's exogenous noise."""
+        return F.softplus(self.noise_scale_raw) + 1e-3
+
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments (plus label units)."""
+        cfg = dict(self._config)
+        cfg["label_loc"] = self.label_loc.tolist()
+        cfg["label_scale"] = self.label_scale.tolist()
+        return cfg
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "CausalVAE":
+        cfg = json.loads(json.dumps(cfg))
+        spec = cfg.pop("graph_spec")
+        g = "learn" if spec.get("known") is None else [tuple(e) for e in spec["known"]]
+        return cls(graph=g, required=[tuple(e) for e in spec["required"]], forbidden=[tuple(e) for e in spec["forbidden"]], **cfg)
+
+    # ------------------------------------------------------------------ units
+    def normalise(self, values: torch.Tensor, concept: str | None = None) -> torch.Tensor:
+        """Natural label units -> the model's normalised units (``[..., K]``, or one concept's values)."""
+        if concept is None:
+            return (values - self.label_loc) / self.label_scale
+        i = self.concepts.index(concept)
+        return (values - self.label_loc[i]) / self.label_scale[i]
+
+    def denormalise(self, values: torch.Tensor, concept: str | None = None) -> torch.Tensor:
+        """Normalised units -> natural label units."""
+        if concept is None:
+            return values * self.label_scale + self.label_loc
+        i = self.concepts.index(concept)
+        return values * self.label_scale[i] + self.label_loc[i]
+
+    # ------------------------------------------------------------------ structural equations
+    def _mechanism(self, z: torch.Tensor, A: torch.Tensor, i: int) -> torch.Tensor:
+        return self.mechanisms(z, A, i)
+
+    def _as_block(self, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Broadcast an intervened value (scalar, ``[N]``, ``[N, 1]`` or ``[N, d]``) to a block like ``like``."""
+        if value.shape == like.shape:
+            return value
+        value = value.to(like)
+        if value.dim() == 1 and value.shape[0] == like.shape[-2]:
+            value = value[:, None]
+        return value.expand(like.shape)
+
+    def structural_forward(self, eps: torch.Tensor) -> torch.Tensor:
+        """The structural equations as a tensor function (no Pyro sites).
+
+        :param eps: exogenous noise of shape ``[N, K, d]``.
+        :returns: concept blocks ``z`` of shape ``[N, K, d]``.
+        """
+        A, s = self.scm_adjacency(), self.noise_scales()
+        z = torch.zeros_like(eps)
+        for i in self.order.tolist():
+            zi = self._mechanism(z, A, i) + s[i] * eps[..., i, :]
+            z = torch.cat([z[..., :i, :], zi.unsqueeze(-2), z[..., i + 1 :, :]], dim=-2)
+        return z
+
+    # ------------------------------------------------------------------ Pyro program
+    def _batch_size(self, x, u, size) -> int:
+        if x is not None:
+            return x.shape[0]
+        if u is not None:
+            return u.shape[0]
+        if size is None:
+            raise ValueError("model(x=None, u=None) needs size= (the number of images to generate)")
+        return int(size)
+
+    def model(self, x: torch.Tensor | None = None, u: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
+        """The generative model.
+
+        :param x: images ``[N, C, H, W]`` in [0, 1] (observed), or ``None`` to generate.
+        :param u: normalised labels ``[N, K]`` (observed); ``None`` or NaN entries are unobserved.
+        :param size: ``N`` when both ``x`` and ``u`` are ``None``.
+        :returns: the concept blocks ``z`` of shape ``[N, K, d]``.
+        """
+        N = self._batch_size(x, u, size)
+        K, d = len(self.concepts), self.concept_dim
+        A, s = self.scm_adjacency(), self.noise_scales()
+        ref = self.label_loc
+        z = ref.new_zeros(N, K, d)
+        with pyro.plate("data", N):
+            for i in self.order.tolist():
+                c = self.concepts[i]
+                eps = pyro.sample(noise_site(c), dist.Normal(ref.new_zeros(d), 1.0).to_event(1))
+                zi = pyro.deterministic(c, self._mechanism(z, A, i) + s[i] * eps, event_dim=1)
+                zi = self._as_block(zi, eps)
+                z = torch.cat([z[..., :i, :], zi.unsqueeze(-2), z[..., i + 1 :, :]], dim=-2)
+            self._labels(z, u)
+            loc = self.decoder(z.reshape(*z.shape[:-2], K * d))
+            pyro.sample("x", dist.Normal(loc, self.pixel_scale).to_event(len(self.image_shape)), obs=x)
+        return z
+
+    def _labels(self, z: torch.Tensor, u: torch.Tensor | None) -> None:
+        """Site ``"labels"`` ``[N, K, d]``: every dim of a concept block is a noisy reading of its label."""
+        fn = dist.Normal(z, self.label_noise)
+        if u is None:
+            with pyro.poutine.mask(mask=False):
+                pyro.sample("labels", fn.to_event(2), infer={"is_auxiliary": True})
+            return
+        obs = u[..., None].expand(z.shape)
+        observed = ~torch.isnan(obs)
+        if observed.all():
+            pyro.sample("labels", fn.to_event(2), obs=obs)
+        else:
+            pyro.sample("labels", fn.mask(observed).to_event(2), obs=obs.nan_to_num(0.0))
+
+    def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's Normal posterior over the concept blocks ``z``.
+
+        :param x: images ``[N, C, H, W]``.
+        :returns: ``(loc, scale)``, each ``[N, K, d]`` (normalised label units).
+        """
+        K, d = len(self.concepts), self.concept_dim
+        out = self.encoder(x).reshape(x.shape[0], 2, K, d)
+        return out[:, 0], F.softplus(out[:, 1]) + 1e-4
+
+    def guide(self, x: torch.Tensor | None = None, u: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
+        """Amortised guide ``q(eps | x)``, one Normal noise site per concept (abduction).
+
+        The encoder gives a Normal ``q(z_i | x) = N(m_i, v_i)`` for each concept block; the guide samples
+        the noise that produces it through the structural equation, in causal order:
+        ``eps_i ~ N((m_i - g_i(A[:, i] o z)) / s_i, v_i / s_i)``, so that ``z_i = g_i(...) + s_i eps_i``
+        is distributed as ``N(m_i, v_i)``. The mechanisms then receive no gradient from the pixels, only
+        from fitting the posterior concepts (the KL term), which is what fits the SCM.
+
+        :param x: images ``[N, C, H, W]`` (required).
+        :returns: the concept blocks ``z`` of shape ``[N, K, d]``.
+        """
+        if x is None:
+            raise ValueError("the guide needs images x to infer the exogenous noise")
+        loc, scale = self.posterior_params(x)
+        A, s = self.scm_adjacency(), self.noise_scales()
+        z = torch.zeros_like(loc)
+        with pyro.plate("data", x.shape[0]):
+            for i in self.order.tolist():
+                g = self._mechanism(z, A, i)
+                fn = dist.Normal((loc[:, i] - g) / s[i], scale[:, i] / s[i]).to_event(1)
+                eps = pyro.sample(noise_site(self.concepts[i]), fn)
+                z = torch.cat([z[..., :i, :], (g + s[i] * eps).unsqueeze(-2), z[..., i + 1 :, :]], dim=-2)
+        return z
+
+    # ------------------------------------------------------------------ tensor helpers
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of the concept blocks: ``[N, K, d]`` (normalised label units)."""
+        return self.posterior_params(x)[0]
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder means at the posterior mean: ``[N, C, H, W]``."""
+        z = self.encode(x)
+        return self.decoder(z.reshape(z.shape[0], -1))
+
+    def forward(self, x: torch.Tensor | None = None, u: torch.Tensor | None = None, size: int | None = None):
+        return self.model(x, u, size)

@@ -1,0 +1,39 @@
+"""Install pyro_causalvae: ``pip install .`` (add ``[test]`` for the test suite)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+version = {}
+exec((HERE / "pyro_causalvae" / "_version.py").read_text(), version)
+
+setup(
+    name="pyro_causalvae",
+    version=version["__version__"],
+    description="CausalVAE as a first-class Pyro program: structural-equation latent sites, "
+    "interventions with poutine.do, counterfactuals, ground-truth causal image simulators.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pyro_causalvae", "pyro_causalvae.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "pyro-ppl>=1.9",
+        "arviz>=0.17",
+        "networkx>=3.0",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80", "graphviz>=0.20"],
+    },
+    entry_points={"console_scripts": ["pyro-causalvae=pyro_causalvae.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,17 @@
+import os
+
+import pyro
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro():
+    """Each test starts with an empty param store, a fixed seed and Pyro's validation on."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    with pyro.validation_enabled(True):
+        yield

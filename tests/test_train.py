@@ -1,0 +1,194 @@
+"""fit(): determinism, checkpoints and resume, divergence, bad input; the train CLI."""
+
+import json
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from pyro_causalvae import CausalVAE, LossWeights, TrainingDiverged, fit, load_model
+from pyro_causalvae import checkpoint as ckpt
+from pyro_causalvae.cli import main
+from pyro_causalvae.datasets import ConceptImageDataset
+
+CONCEPTS = ("a", "b", "c")
+GRAPH = [("a", "b"), ("b", "c")]  # a --> b --> c
+
+
+def tiny_dataset(n=48, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.rand(n, 3, generator=g)
+    images = (torch.rand(n, 3, size, size, generator=g) * 255).to(torch.uint8)
+    return ConceptImageDataset(images, labels, concepts=CONCEPTS, graph=GRAPH)
+
+
+def tiny_model(graph="learn", size=16):
+    return CausalVAE(CONCEPTS, (3, size, size), concept_dim=2, graph=graph, channels=8, hidden=16, mechanism_hidden=8)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fit_returns_history_with_every_term_and_is_deterministic():
+    ds = tiny_dataset()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the initial weights
+        model = tiny_model()
+        hist = fit(model, ds, epochs=2, batch_size=16, seed=3, al_every=2, progress=False)
+        runs.append(params(model))
+    assert len(hist) == 2
+    for term in ("recon", "kl", "labels", "dag", "label_loss", "mask_loss", "sparsity", "loss", "h"):
+        assert all(isinstance(v, float) for v in hist[term])
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+    assert hist.last()["lam"] > 0  # the augmented Lagrangian was updated
+
+
+def test_different_seeds_differ():
+    ds = tiny_dataset()
+    a, b = tiny_model(), tiny_model()
+    torch.manual_seed(0)
+    b.load_state_dict(a.state_dict())
+    fit(a, ds, epochs=1, batch_size=16, seed=1, progress=False)
+    fit(b, ds, epochs=1, batch_size=16, seed=2, progress=False)
+    assert not torch.equal(a.A_raw, b.A_raw)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    full = tiny_model()
+    init = params(full)
+    fit(full, ds, epochs=3, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "full")
+
+    part = tiny_model()
+    part.load_state_dict(init)
+    fit(part, ds, epochs=1, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "part")
+    resumed = tiny_model()  # a fresh process would rebuild the model from config.json
+    fit(resumed, ds, epochs=3, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "part", resume=True)
+    for k, v in params(full).items():
+        assert_close(params(resumed)[k], v, msg=k)
+    assert [p.name for p in ckpt.checkpoints(tmp_path / "part")] == ["checkpoint-0001.pt", "checkpoint-0002.pt", "checkpoint-0003.pt"]
+    cfg = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert cfg["model"]["concepts"] == list(CONCEPTS)
+    loaded = load_model(tmp_path / "part")
+    assert_close(loaded.A_raw, full.A_raw)
+
+
+def test_keep_last_and_refuse_to_overwrite(tmp_path):
+    ds = tiny_dataset()
+    fit(tiny_model(), ds, epochs=3, batch_size=16, progress=False, out_dir=tmp_path, keep_last=2)
+    assert [p.name for p in ckpt.checkpoints(tmp_path)] == ["checkpoint-0002.pt", "checkpoint-0003.pt"]
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        fit(tiny_model(), ds, epochs=1, progress=False, out_dir=tmp_path)
+
+
+def test_divergence_names_step_and_term_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    ds = tiny_dataset()
+    model = tiny_model()
+    fit(model, ds, epochs=1, batch_size=16, progress=False, out_dir=tmp_path)
+    before = (tmp_path / "checkpoint-0001.pt").read_bytes()
+    calls = {"n": 0}
+    forward = model.decoder.forward
+
+    def poisoned(z):
+        calls["n"] += 1
+        out = forward(z)
+        return out * float("nan") if calls["n"] == 2 else out
+
+    monkeypatch.setattr(model.decoder, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"step 4 \(epoch 2\).*recon=nan.*last good checkpoint"):
+        fit(model, ds, epochs=2, batch_size=16, progress=False, out_dir=tmp_path, resume=True)
+    assert (tmp_path / "checkpoint-0001.pt").read_bytes() == before
+    assert not (tmp_path / "checkpoint-0002.pt").exists()
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step was not applied
+
+
+class Raw:
+    """A duck-typed dataset, to reach fit()'s own checks with data a ConceptImageDataset would refuse."""
+
+    def __init__(self, images, labels, concepts=CONCEPTS):
+        self.images, self.labels, self.concepts = images, labels, concepts
+        self.labels_normalised = labels
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (Raw(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, 3)), r"shape \(3, 32, 32\) but the model expects \(3, 16, 16\)"),
+        (Raw(torch.zeros(4, 1, 16, 16, dtype=torch.uint8), torch.zeros(4, 3)), "model expects"),
+        (Raw(torch.full((4, 3, 16, 16), float("nan")), torch.zeros(4, 3)), "images has non-finite"),
+        (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.zeros(4, 2)), r"labels have shape \[4, 2\]"),
+        (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.tensor([[0.0, float("inf"), 0.0]] * 4)), "labels has non-finite"),
+        (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.zeros(4, 3), ("a", "b", "zz")), r"unknown to the model: \['zz'\]"),
+    ],
+)
+def test_bad_data_is_refused_before_training(data, match):
+    model = tiny_model()
+    before = params(model)
+    with pytest.raises(ValueError, match=match):
+        fit(model, data, epochs=1, progress=False)
+    for k, v in before.items():
+        assert torch.equal(model.state_dict()[k], v)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(epochs=0), "epochs"),
+        (dict(batch_size=-1), "batch_size"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(resume=True), "needs out_dir"),
+        (dict(weights=None, device="cuda:0"), "CUDA is not available"),
+    ],
+)
+def test_bad_settings(kw, match):
+    if "cuda" in str(kw.get("device", "")) and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the error under test cannot occur")
+    with pytest.raises(ValueError, match=match):
+        fit(tiny_model(), tiny_dataset(), progress=False, **kw)
+
+
+def test_loss_weights_are_validated():
+    with pytest.raises(ValueError, match="mask_loss"):
+        LossWeights(mask_loss=-1)
+
+
+def test_unlabelled_dataset_trains():
+    ds = tiny_dataset()
+    unl = ConceptImageDataset(ds.images, None, concepts=CONCEPTS)
+    hist = fit(tiny_model(GRAPH), unl, epochs=1, batch_size=16, progress=False)
+    assert hist.last()["labels"] == 0.0
+
+
+def test_cli_train_writes_run_and_figures(tmp_path, capsys):
+    ds = tiny_dataset(n=32)
+    folder = ds.to_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "folder", "--root", str(folder), "--labels", str(folder / "labels.csv"),
+                 "--size", "16", "--epochs", "1", "--batch-size", "16", "--concept-dim", "2",
+                 "--graph", "a->b,b->c", "--out", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "learned graph: a->b, b->c" in text
+    for f in ("config.json", "checkpoint-0001.pt", "losses.png", "graph.png", "reconstructions.png"):
+        assert (out / f).is_file(), f
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--dataset", "folder", "--out", "x"], "needs --root"),
+        (["train", "--dataset", "pendulum", "--size", "16", "--graph", "a->", "--out", "x", "--epochs", "1"], "not concepts"),
+        (["train", "--dataset", "pendulum", "--size", "16", "--weight", "foo=1", "--out", "x"], "unknown loss weight"),
+        (["train", "--dataset", "folder", "--root", "/nonexistent", "--labels", "/nonexistent.csv", "--out", "x"], "does not exist|not found|No such"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pyro-causalvae: error:") and len(err.splitlines()) == 1
+    assert __import__("re").search(match, err), err
