@@ -92,7 +92,7 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         p.add_argument("--labels", help="labels CSV for --dataset folder (header: concept names, optional filename)")
         p.add_argument("--subset", default="smile", help="CelebA concept subset: smile | beard")
         p.add_argument("--noise", type=float, default=0.0, help="synthetic datasets: observation noise on child concepts")
-        p.add_argument("--size", type=int, default=96, help="image side in pixels (default 96; CelebA 64)")
+    p.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
     p.add_argument("--out", default="runs/demo" if demo else None, required=not demo, help="run directory")
     p.add_argument("--epochs", type=int, default=12 if demo else 30)
     p.add_argument("--batch-size", type=int, default=64)
@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            ds = argparse.Namespace(dataset="pendulum", root=None, labels=None, subset=None, noise=0.0, size=96, data_seed=args.data_seed)
-            print("pyro-causalvae demo: Pendulum (96x96), CausalVAE trained on 2 CPU cores for a few minutes")
+            ds = argparse.Namespace(dataset="pendulum", root=None, labels=None, subset=None, noise=0.0, size=args.size, data_seed=args.data_seed)
+            print(f"pyro-causalvae demo: Pendulum ({args.size}x{args.size}), a CausalVAE trained for {args.epochs} epochs")
             return run_training(args, ds)
         if args.command == "train":
             return run_training(args, args)

@@ -135,9 +135,10 @@ class CausalVAE(PyroModule):
         self.A_raw = torch.nn.Parameter(init)
         self.noise_scale_raw = torch.nn.Parameter(torch.full((K,), -0.5))  # softplus -> about 0.47
         self.al = AugmentedLagrangian()
-        order = self._known_order() if not self.spec.learned else list(range(K))
-        self.register_buffer("order", torch.as_tensor(order, dtype=torch.long))
-        self.register_buffer("order_mask", order_mask(order))
+        # The causal order is a plain list (read every step without touching the device), saved in
+        # state dicts as extra state; ``order_mask`` is derived from it.
+        self.order: list[int] = self._known_order() if not self.spec.learned else list(range(K))
+        self.register_buffer("order_mask", order_mask(self.order))
         loc = torch.zeros(K) if label_loc is None else torch.as_tensor(label_loc, dtype=torch.float32)
         scale = torch.ones(K) if label_scale is None else torch.as_tensor(label_scale, dtype=torch.float32)
         if loc.shape != (K,) or scale.shape != (K,):
@@ -171,9 +172,20 @@ class CausalVAE(PyroModule):
     def update_order(self) -> None:
         """Recompute the causal order from the learned ``A`` (no-op for a known graph)."""
         if self.spec.learned:
-            order = causal_order(self.adjacency)
-            self.order.copy_(torch.as_tensor(order, device=self.order.device))
-            self.order_mask.copy_(order_mask(order).to(self.order_mask.device))
+            self._set_order(causal_order(self.adjacency))
+
+    def _set_order(self, order: Sequence[int]) -> None:
+        self.order = [int(i) for i in order]
+        self.order_mask.copy_(order_mask(self.order).to(self.order_mask.device))
+
+    def get_extra_state(self) -> dict:
+        return {"order": list(self.order)}
+
+    def set_extra_state(self, state: dict) -> None:
+        order = [int(i) for i in state["order"]]
+        if sorted(order) != list(range(len(self.concepts))):
+            raise ValueError(f"invalid causal order {order} in the state dict")
+        self._set_order(order)
 
     def graph(self, threshold: float = 0.3) -> nx.DiGraph:
         """The causal graph over the concept names: edges with ``|A[j, i]| > threshold``.
@@ -240,7 +252,7 @@ class CausalVAE(PyroModule):
         """
         A, s = self.scm_adjacency(), self.noise_scales()
         z = torch.zeros_like(eps)
-        for i in self.order.tolist():
+        for i in self.order:
             zi = self._mechanism(z, A, i) + s[i] * eps[..., i, :]
             z = torch.cat([z[..., :i, :], zi.unsqueeze(-2), z[..., i + 1 :, :]], dim=-2)
         return z
@@ -269,7 +281,7 @@ class CausalVAE(PyroModule):
         ref = self.label_loc
         z = ref.new_zeros(N, K, d)
         with pyro.plate("data", N):
-            for i in self.order.tolist():
+            for i in self.order:
                 c = self.concepts[i]
                 eps = pyro.sample(noise_site(c), dist.Normal(ref.new_zeros(d), 1.0).to_event(1))
                 zi = pyro.deterministic(c, self._mechanism(z, A, i) + s[i] * eps, event_dim=1)
@@ -322,7 +334,7 @@ class CausalVAE(PyroModule):
         A, s = self.scm_adjacency(), self.noise_scales()
         z = torch.zeros_like(loc)
         with pyro.plate("data", x.shape[0]):
-            for i in self.order.tolist():
+            for i in self.order:
                 g = self._mechanism(z, A, i)
                 fn = dist.Normal((loc[:, i] - g) / s[i], scale[:, i] / s[i]).to_event(1)
                 eps = pyro.sample(noise_site(self.concepts[i]), fn)
