@@ -68,14 +68,17 @@ def load_dataset(args, split: str = "train"):
     from . import datasets
 
     name = args.dataset
+    size = args.size if args.size is not None else (64 if name == "celeba" else 96)
+    if name == "folder" and args.size is not None:
+        raise ValueError("--size does not apply to --dataset folder: the images are used at their own size")
     if name == "pendulum":
-        return datasets.Pendulum(split=split, size=args.size, seed=args.data_seed, noise=args.noise)
+        return datasets.Pendulum(split=split, size=size, seed=args.data_seed, noise=args.noise)
     if name == "flow":
-        return datasets.Flow(split=split, size=args.size, seed=args.data_seed, noise=args.noise)
+        return datasets.Flow(split=split, size=size, seed=args.data_seed, noise=args.noise)
     if name == "celeba":
         if args.root is None:
             raise ValueError("--dataset celeba needs --root (the folder with img_align_celeba/ and list_attr_celeba.txt)")
-        return datasets.CelebA(args.root, subset=args.subset, split=split, size=args.size, preload=True)
+        return datasets.CelebA(args.root, subset=args.subset, split=split, size=size, preload=True)
     if name == "folder":
         if args.root is None or args.labels is None:
             raise ValueError("--dataset folder needs --root IMAGE_FOLDER and --labels LABELS.csv")
@@ -92,7 +95,8 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         p.add_argument("--labels", help="labels CSV for --dataset folder (header: concept names, optional filename)")
         p.add_argument("--subset", default="smile", help="CelebA concept subset: smile | beard")
         p.add_argument("--noise", type=float, default=0.0, help="synthetic datasets: observation noise on child concepts")
-    p.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    p.add_argument("--size", type=int, default=None if not demo else 96,
+                   help="image side in pixels (default: 96 for pendulum/flow, 64 for celeba; folder images are used as they are)")
     p.add_argument("--out", default="runs/demo" if demo else None, required=not demo, help="run directory")
     p.add_argument("--epochs", type=int, default=12 if demo else 30)
     p.add_argument("--batch-size", type=int, default=64)

@@ -171,7 +171,7 @@ def test_cli_train_writes_run_and_figures(tmp_path, capsys):
     folder = ds.to_folder(tmp_path / "data")
     out = tmp_path / "run"
     code = main(["train", "--dataset", "folder", "--root", str(folder), "--labels", str(folder / "labels.csv"),
-                 "--size", "16", "--epochs", "1", "--batch-size", "16", "--concept-dim", "2",
+                 "--epochs", "1", "--batch-size", "16", "--concept-dim", "2",
                  "--graph", "a->b,b->c", "--out", str(out), "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0, text
@@ -204,3 +204,16 @@ def test_cli_demo_runs_end_to_end_small(tmp_path, capsys):
     assert code == 0, text
     assert "Pendulum (16x16)" in text and "learned graph:" in text and "vs the true graph: SHD" in text
     assert (out / "graph.png").stat().st_size > 1000 and (out / "reconstructions.png").is_file()
+
+
+def test_cli_train_celeba_on_a_fake_folder(tmp_path, capsys):
+    from test_celeba import write_fake_celeba
+
+    root = tmp_path / "celeba"
+    write_fake_celeba(root)
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "celeba", "--root", str(root), "--subset", "smile", "--size", "16",
+                 "--epochs", "1", "--batch-size", "4", "--concept-dim", "1", "--graph", "true", "--out", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "Smiling->Narrow_Eyes" in text and "SHD 0" in text
