@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import _raster
-from .base import ConceptImageDataset
-from .scm import SCM, _check_int, _check_noise, _check_size, _check_split, _grid_split
+from .scm import SCM, SyntheticDataset, _check_int, _check_noise, _check_size, _check_split, _grid_split
 
 __all__ = ["Flow", "FlowSCM", "flow_grid"]
 
@@ -184,7 +183,7 @@ class FlowSCM(SCM):
         return super().render(labels, size=size, seed=seed)
 
 
-class Flow(ConceptImageDataset):
+class Flow(SyntheticDataset):
     """The Flow dataset: the 30 x 30 x 9 = 8,100-tuple label grid, rendered by :class:`FlowSCM`.
 
     The grid is shuffled by a ``torch.Generator`` seeded with ``seed``; the first 6,480 tuples are
@@ -217,18 +216,5 @@ class Flow(ConceptImageDataset):
         scm = FlowSCM(noise=noise)
         labels = _grid_split(scm, scm.grid_exogenous(), N_TRAIN, split, seed)
         images = scm.render(labels, size=size, seed=seed if jitter else None)
-        super().__init__(
-            images,
-            labels,
-            concepts=scm.concepts,
-            graph=scm.graph,
-            label_loc=scm.label_loc,
-            label_scale=scm.label_scale,
-            name="flow",
-        )
-        self.scm = scm
-        self.split = split
-        self.size = size
-        self.seed = seed
-        self.noise = noise
+        self._init_from_scm(scm, labels, images, name="flow", split=split, size=size, seed=seed)
         self.jitter = jitter

@@ -25,8 +25,7 @@ import math
 import torch
 
 from . import _raster
-from .base import ConceptImageDataset
-from .scm import SCM, _check_int, _check_noise, _check_size, _check_split, _grid_split
+from .scm import SCM, SyntheticDataset, _check_int, _check_noise, _check_size, _check_split, _grid_split
 
 __all__ = ["Pendulum", "PendulumSCM", "pendulum_grid"]
 
@@ -171,7 +170,7 @@ class PendulumSCM(SCM):
         return super().render(labels, size=size, seed=seed)
 
 
-class Pendulum(ConceptImageDataset):
+class Pendulum(SyntheticDataset):
     """The Pendulum dataset: the paper's full 84 x 87 = 7,308 label grid, rendered by
     :class:`PendulumSCM`.
 
@@ -194,17 +193,4 @@ class Pendulum(ConceptImageDataset):
         scm = PendulumSCM(noise=noise)
         labels = _grid_split(scm, scm.grid_exogenous(), N_TRAIN, split, seed)
         images = scm.render(labels, size=size)
-        super().__init__(
-            images,
-            labels,
-            concepts=scm.concepts,
-            graph=scm.graph,
-            label_loc=scm.label_loc,
-            label_scale=scm.label_scale,
-            name="pendulum",
-        )
-        self.scm = scm
-        self.split = split
-        self.size = size
-        self.seed = seed
-        self.noise = noise
+        self._init_from_scm(scm, labels, images, name="pendulum", split=split, size=size, seed=seed)

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 import networkx as nx
 import torch
 
+from .base import ConceptImageDataset
+
 from .._validation import check_do, check_finite, check_graph
 from . import _raster
 
@@ -367,3 +369,27 @@ class SCM:
             lambda a, b: self._draw(x[a:b], size, None if jitter is None else jitter[a:b]),
             chunk=self.render_chunk,
         )
+
+
+class SyntheticDataset(ConceptImageDataset):
+    """A split of a synthetic world: labels from an SCM's grid, images rendered by the SCM.
+
+    Keeps the ground truth as ``self.scm`` and the generation settings as ``split``, ``size``, ``seed``
+    and ``noise``.
+    """
+
+    def _init_from_scm(self, scm: SCM, labels: torch.Tensor, images: torch.Tensor, *, name: str, split: str, size: int, seed: int) -> None:
+        super().__init__(
+            images,
+            labels,
+            concepts=scm.concepts,
+            graph=scm.graph,
+            label_loc=scm.label_loc,
+            label_scale=scm.label_scale,
+            name=name,
+        )
+        self.scm = scm
+        self.split = split
+        self.size = size
+        self.seed = seed
+        self.noise = scm.noise
