@@ -353,5 +353,21 @@ class CausalVAE(PyroModule):
         z = self.encode(x)
         return self.decoder(z.reshape(z.shape[0], -1))
 
+    # ------------------------------------------------------------------ queries
+    def intervene(self, do: dict, num_samples: int = 16, units: str = "natural") -> dict[str, torch.Tensor]:
+        """Images sampled under ``do``: see :func:`pyro_causalvae.queries.intervene`."""
+        from .queries import intervene
+
+        return intervene(self, do, num_samples=num_samples, units=units)
+
+    def counterfactual(self, x: torch.Tensor, u: torch.Tensor | None = None, do: dict | None = None, num_samples: int = 1,
+                       units: str = "natural", abduction: str = "mean") -> dict[str, torch.Tensor]:
+        """Counterfactuals of images ``x`` under ``do``: see :func:`pyro_causalvae.queries.counterfactual`."""
+        from .queries import counterfactual
+
+        if do is None:
+            raise ValueError("counterfactual needs do={concept: value}")
+        return counterfactual(self, x, do, u=u, num_samples=num_samples, units=units, abduction=abduction)
+
     def forward(self, x: torch.Tensor | None = None, u: torch.Tensor | None = None, size: int | None = None):
         return self.model(x, u, size)

@@ -1,0 +1,166 @@
+"""Interventions and counterfactuals as compositions of Pyro handlers.
+
+Both queries are a few lines of plain Pyro that a user can read and rewrite:
+
+- :func:`intervene`: ``poutine.do`` on the concept sites, then sample the model forward.
+- :func:`counterfactual`: abduction (trace the guide on the factual images), action (``poutine.do``),
+  prediction (``poutine.replay`` the guide trace through the intervened model: each concept's exogenous
+  noise is held, every descendant of an intervened concept is recomputed, everything else keeps its
+  abducted value exactly).
+
+Values are given in the dataset's natural label units by default (``units="normalised"`` for the
+model's own units, about [-1, 1]).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import pyro
+import pyro.poutine as poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+import torch
+
+from ._validation import check_do, check_finite
+from .model import CausalVAE
+
+
+def _positive_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    return v
+
+
+def _do_values(model: CausalVAE, do: Mapping[str, object], units: str, n: int | None) -> dict[str, torch.Tensor]:
+    """Validate ``do`` and convert it to the model's normalised units (``{concept: [] or [n]}``)."""
+    if units not in ("natural", "normalised"):
+        raise ValueError(f"units must be 'natural' or 'normalised', got {units!r}")
+    values = check_do(do, model.concepts, n)
+    out = {}
+    for c, v in values.items():
+        v = v.to(model.label_loc.device)
+        norm = model.normalise(v, c) if units == "natural" else v
+        if (norm.abs() > 1.05).any():
+            shown = model.denormalise(norm, c) if units == "natural" else norm
+            lo, hi = (model.denormalise(torch.tensor([-1.0, 1.0], device=norm.device), c).tolist() if units == "natural" else (-1.0, 1.0))
+            warnings.warn(
+                f"do[{c!r}] = {shown.tolist()} lies outside the concept's observed range [{lo:.4g}, {hi:.4g}] "
+                f"({units} units): the model extrapolates",
+                UserWarning,
+                stacklevel=3,
+            )
+        out[c] = norm
+    return out
+
+
+def check_images(model: CausalVAE, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a float tensor ``[N, *image_shape]`` in [0, 1] (uint8 accepted), or ``ValueError``."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a tensor of images [N, {', '.join(map(str, model.image_shape))}], got {type(x).__name__}")
+    if x.dim() == len(model.image_shape):
+        x = x.unsqueeze(0)
+    if tuple(x.shape[1:]) != model.image_shape or x.shape[0] == 0:
+        raise ValueError(f"x must have shape [N, {', '.join(map(str, model.image_shape))}], got {list(x.shape)}")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    else:
+        x = x.float()
+        check_finite(x, "x")
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError(f"x must hold values in [0, 1] (or be uint8), got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    return x.to(model.label_loc.device)
+
+
+def _concepts(trace) -> torch.Tensor:
+    """The concept values the model used, ``[..., K]`` (block means), from a trace's return value."""
+    return trace.nodes["_RETURN"]["value"].mean(-1)
+
+
+class PosteriorMeanMessenger(Messenger):
+    """Every latent sample site takes its distribution's mean instead of a random draw."""
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and msg["value"] is None and not isinstance(msg["fn"], _Subsample):
+            msg["value"] = msg["fn"].mean
+
+
+def posterior_mean(fn):
+    """Handler: ``poutine.trace(posterior_mean(model.guide)).get_trace(x)`` abducts each concept's
+    noise at the guide's posterior mean (deterministic counterfactuals)."""
+    return PosteriorMeanMessenger()(fn)
+
+
+@torch.no_grad()
+def intervene(model: CausalVAE, do: Mapping[str, object], num_samples: int = 16, units: str = "natural") -> dict[str, torch.Tensor]:
+    """Sample images from the interventional distribution ``p(x | do(c = v))``.
+
+    :param do: ``{concept: value}``; a value is a number or a tensor ``[num_samples]``. Several
+        concepts at once are allowed.
+    :param num_samples: number of images.
+    :param units: ``"natural"`` (the dataset's label units) or ``"normalised"``.
+    :returns: ``{"images": [S, C, H, W] decoder means in [0, 1], "concepts": [S, K] concept values in
+        ``units``}``.
+    """
+    num_samples = _positive_int(num_samples, "num_samples")
+    do_norm = _do_values(model, do, units, num_samples)
+    with pyro.validation_enabled(False):
+        tr = poutine.trace(poutine.do(model.model, data=do_norm)).get_trace(None, None, num_samples)
+    z = _concepts(tr)
+    return {"images": tr.nodes["x"]["fn"].mean, "concepts": model.denormalise(z) if units == "natural" else z}
+
+
+@torch.no_grad()
+def counterfactual(
+    model: CausalVAE,
+    x: torch.Tensor,
+    do: Mapping[str, object],
+    u: torch.Tensor | None = None,
+    num_samples: int = 1,
+    units: str = "natural",
+    abduction: str = "mean",
+) -> dict[str, torch.Tensor]:
+    """Counterfactual images: what each image ``x`` would have looked like under ``do``.
+
+    Abduction-action-prediction with Pyro handlers::
+
+        guide_trace = poutine.trace(model.guide).get_trace(x)                  # abduction
+        intervened = poutine.do(model.model, data=do)                          # action
+        cf = poutine.trace(poutine.replay(intervened, trace=guide_trace)).get_trace(x)   # prediction
+
+    ``abduction="mean"`` (default) abducts the noise at the guide's posterior mean (deterministic);
+    ``abduction="sample"`` draws ``num_samples`` noise samples per image from the guide.
+
+    :param x: factual images ``[N, C, H, W]`` in [0, 1] (or uint8).
+    :param do: ``{concept: value}``; a value is a number or a tensor ``[N]`` (one per image).
+    :param u: unused by the guide (kept for the common signature).
+    :param num_samples: abduction samples per image.
+    :returns: ``{"images": [S, N, C, H, W], "concepts": [S, N, K], "factual_images": [S, N, C, H, W],
+        "factual_concepts": [S, N, K]}``; concepts in ``units``.
+    """
+    x = check_images(model, x)
+    num_samples = _positive_int(num_samples, "num_samples")
+    if abduction not in ("mean", "sample"):
+        raise ValueError(f"abduction must be 'mean' or 'sample', got {abduction!r}")
+    if abduction == "mean" and num_samples > 1:
+        raise ValueError("num_samples > 1 needs abduction='sample' (the posterior mean is one value per image)")
+    N = x.shape[0]
+    do_norm = _do_values(model, do, units, N)
+    do_rep = {c: (v.repeat(num_samples) if v.dim() == 1 else v) for c, v in do_norm.items()}
+    xs = x.repeat(num_samples, *([1] * (x.dim() - 1)))
+    with pyro.validation_enabled(False):
+        guide = posterior_mean(model.guide) if abduction == "mean" else model.guide
+        guide_tr = poutine.trace(guide).get_trace(xs)
+        factual = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(xs)
+        cf = poutine.trace(poutine.replay(poutine.do(model.model, data=do_rep), trace=guide_tr)).get_trace(xs)
+
+    def shaped(t):
+        return t.reshape(num_samples, N, *t.shape[1:])
+
+    out = {}
+    for key, tr in (("", cf), ("factual_", factual)):
+        z = _concepts(tr)
+        out[key + "images"] = shaped(tr.nodes["x"]["fn"].mean)
+        out[key + "concepts"] = shaped(model.denormalise(z) if units == "natural" else z)
+    return out
