@@ -1,4 +1,4 @@
-"""Command line: ``pyro-causalvae demo | train`` (also ``python -m pyro_causalvae``).
+"""Command line: ``pyro-causalvae demo | train | intervene | counterfactual`` (also ``python -m pyro_causalvae``).
 
 Errors are printed as one readable line (exit status 2); ``--debug`` shows the traceback.
 """
@@ -112,6 +112,87 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _do_arg(items: list[str]) -> dict[str, float]:
+    do = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--do {item!r} must be CONCEPT=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            do[k.strip()] = float(v)
+        except ValueError as err:
+            raise ValueError(f"--do {item!r}: {v!r} is not a number") from err
+    return do
+
+
+def _query_image(args, model, cfg):
+    """The image a query starts from: ``--image FILE`` or image ``--index`` of the run's test data."""
+    import torch
+
+    from .datasets.io import read_images
+
+    if args.image is not None:
+        x = read_images([args.image])
+        if tuple(x.shape[1:]) != model.image_shape:
+            raise ValueError(f"--image {args.image} has shape {tuple(x.shape[1:])} but the model expects {model.image_shape} (C, H, W)")
+        return x.float() / 255.0
+    data = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0, **cfg.get("data", {})})
+    if data.dataset == "folder":
+        data.size = None
+    ds = load_dataset(data, "test") or load_dataset(data, "train")
+    if not 0 <= args.index < len(ds):
+        raise ValueError(f"--index {args.index} is out of range: the run's data has {len(ds)} images")
+    x = ds[args.index]
+    return (x[0] if isinstance(x, tuple) else x).unsqueeze(0).to(torch.float32)
+
+
+def run_intervene(args) -> int:
+    from . import plotting
+    from .checkpoint import CONFIG, load_model, read_json
+    from .queries import intervention_grid, sweep_values
+
+    model = load_model(args.run_dir)
+    cfg = read_json(Path(args.run_dir) / CONFIG)
+    concepts = args.concept or list(model.concepts)
+    for c in concepts:
+        if c not in model.concepts:
+            raise ValueError(f"unknown concept {c!r}; the model's concepts are {list(model.concepts)}")
+    if args.values and len(concepts) != 1:
+        raise ValueError("--values applies to one --concept; use --sweep for several")
+    x = _query_image(args, model, cfg)
+    values = {c: (args.values if args.values else sweep_values(model, c, args.sweep)) for c in concepts}
+    grid = intervention_grid(model, x, values)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "intervention_grid.png"
+    plotting.plot_intervention_grid(x[0], grid, out, reconstruction=model.reconstruct(x)[0],
+                                    title="counterfactuals: do(concept = value), natural units")
+    for c, (vals, _) in grid.items():
+        print(f"do({c}) over {', '.join(f'{float(v):.4g}' for v in vals)}")
+    print("figure:", out)
+    return 0
+
+
+def run_counterfactual(args) -> int:
+    import torch
+
+    from . import plotting
+    from .checkpoint import CONFIG, load_model, read_json
+
+    model = load_model(args.run_dir)
+    cfg = read_json(Path(args.run_dir) / CONFIG)
+    do = _do_arg(args.do)
+    x = _query_image(args, model, cfg)
+    out = model.counterfactual(x, do=do)
+    print(f"{'concept':<24}{'factual':>12}{'counterfactual':>16}")
+    for k, c in enumerate(model.concepts):
+        mark = "  <- do" if c in do else ""
+        print(f"{c:<24}{float(out['factual_concepts'][0, 0, k]):>12.4g}{float(out['concepts'][0, 0, k]):>16.4g}{mark}")
+    path = Path(args.out) if args.out else Path(args.run_dir) / "counterfactual.png"
+    grid = {", ".join(f"{k}={v:g}" for k, v in do.items()): (torch.tensor([0.0]), out["images"][0])}
+    plotting.plot_intervention_grid(x[0], grid, path, reconstruction=out["factual_images"][0, 0], title="original | reconstruction | counterfactual")
+    print("figure:", path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-causalvae", description="CausalVAE as a Pyro program.", epilog=EPILOG)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -120,7 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(demo, demo=True)
     train = sub.add_parser("train", help="train a CausalVAE")
     _add_train_args(train)
-    for p in (demo, train):
+    inter = sub.add_parser("intervene", help="the intervention grid of one image: counterfactuals over a sweep of values")
+    inter.add_argument("run_dir")
+    inter.add_argument("--concept", action="append", help="concept to intervene on (repeatable; default: all)")
+    inter.add_argument("--values", type=float, nargs="+", help="values (natural units) for one --concept")
+    inter.add_argument("--sweep", type=int, default=7, help="number of values over each concept's observed range")
+    cf = sub.add_parser("counterfactual", help="the counterfactual of one image under do(concept=value, ...)")
+    cf.add_argument("run_dir")
+    cf.add_argument("--do", action="append", required=True, metavar="CONCEPT=VALUE", help="intervention, natural units (repeatable)")
+    for p in (inter, cf):
+        p.add_argument("--image", help="image file (default: an image of the run's test data)")
+        p.add_argument("--index", type=int, default=0, help="which test image, without --image")
+        p.add_argument("--out", help="PNG to write (default: in RUN_DIR)")
+    for p in (demo, train, inter, cf):
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -176,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_training(args, ds)
         if args.command == "train":
             return run_training(args, args)
+        if args.command == "intervene":
+            return run_intervene(args)
+        if args.command == "counterfactual":
+            return run_counterfactual(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -79,6 +79,42 @@ def plot_losses(history, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_intervention_grid(x: torch.Tensor, grid: dict, path: str | Path, reconstruction: torch.Tensor | None = None,
+                           title: str | None = None) -> Path:
+    """The paper's intervention grid: one row per intervened concept, columns over the values swept, with
+    the original image first (and its reconstruction second, if given).
+
+    :param x: the original image ``[C, H, W]``.
+    :param grid: ``{concept: (values [n], images [n, C, H, W])}`` from
+        :func:`pyro_causalvae.queries.intervention_grid`.
+    """
+    x = x.reshape(-1, *x.shape[-3:])[0]
+    lead = 2 if reconstruction is not None else 1
+    cols = lead + max(len(v) for v, _ in grid.values())
+    rows = len(grid)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols + 1.6, 1.4 * rows + 0.4), squeeze=False)
+    for r, (concept, (values, images)) in enumerate(grid.items()):
+        panels = [(x, "original")]
+        if reconstruction is not None:
+            panels.append((reconstruction.reshape(-1, *x.shape)[0], "reconstruction"))
+        panels += [(img, f"{float(v):.3g}") for v, img in zip(values, images)]
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(panels):
+                ax.axis("off")
+                continue
+            img, label = panels[c]
+            ax.imshow(_image(img), cmap="gray")
+            ax.set_title(label, fontsize=7)
+        axes[r, 0].set_ylabel(f"do({concept})", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -164,3 +164,40 @@ def counterfactual(
         out[key + "images"] = shaped(tr.nodes["x"]["fn"].mean)
         out[key + "concepts"] = shaped(model.denormalise(z) if units == "natural" else z)
     return out
+
+
+def sweep_values(model: CausalVAE, concept: str, num: int = 7) -> torch.Tensor:
+    """``num`` evenly spaced values over ``concept``'s observed range, natural units (``[num]``)."""
+    if concept not in model.concepts:
+        raise ValueError(f"unknown concept {concept!r}; concepts are {list(model.concepts)}")
+    num = _positive_int(num, "num")
+    return model.denormalise(torch.linspace(-1.0, 1.0, num, device=model.label_loc.device), concept)
+
+
+@torch.no_grad()
+def intervention_grid(
+    model: CausalVAE,
+    x: torch.Tensor,
+    values: Mapping[str, object] | None = None,
+    num: int = 7,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The paper's intervention grid for one image: for each concept, counterfactuals over a sweep.
+
+    :param x: one image ``[C, H, W]`` (or ``[1, C, H, W]``).
+    :param values: ``{concept: values}`` in natural units; default: every concept swept over its
+        observed range with ``num`` values.
+    :returns: ``{concept: (values [n], counterfactual images [n, C, H, W])}`` in row order.
+    """
+    x = check_images(model, x)
+    if x.shape[0] != 1:
+        raise ValueError(f"intervention_grid takes one image, got {x.shape[0]}")
+    if values is None:
+        values = {c: sweep_values(model, c, num) for c in model.concepts}
+    grid = {}
+    for c, vals in values.items():
+        vals = torch.as_tensor(vals, dtype=torch.float32, device=model.label_loc.device).reshape(-1)
+        if vals.numel() == 0:
+            raise ValueError(f"no values given for concept {c!r}")
+        out = counterfactual(model, x.expand(vals.numel(), *x.shape[1:]), {c: vals})
+        grid[c] = (vals, out["images"][0])
+    return grid

@@ -217,3 +217,22 @@ def test_cli_train_celeba_on_a_fake_folder(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0, text
     assert "Smiling->Narrow_Eyes" in text and "SHD 0" in text
+
+
+def test_cli_intervene_and_counterfactual_on_a_trained_run(tmp_path, capsys):
+    ds = tiny_dataset(n=32)
+    folder = ds.to_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "folder", "--root", str(folder), "--labels", str(folder / "labels.csv"), "--epochs", "1",
+                 "--batch-size", "16", "--concept-dim", "2", "--graph", "a->b,b->c", "--out", str(run), "--no-progress"]) == 0
+    assert main(["intervene", str(run), "--concept", "a", "--concept", "c", "--sweep", "3"]) == 0
+    assert (run / "intervention_grid.png").stat().st_size > 1000
+    assert main(["intervene", str(run), "--concept", "b", "--values", "0.2", "0.4", "--image", str(folder / sorted(p.name for p in folder.glob("*.png"))[0]),
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["counterfactual", str(run), "--do", "a=0.9", "--index", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "do(a) over" in text and "do(b) over 0.2, 0.4" in text
+    row = next(line for line in text.splitlines() if line.startswith("a ") and "<- do" in line)
+    assert float(row.split()[2]) == pytest.approx(0.9, abs=1e-4)
+    assert main(["counterfactual", str(run), "--do", "zz=1"]) == 2
+    assert "unknown concept 'zz'" in capsys.readouterr().err
