@@ -152,15 +152,20 @@ def order_mask(order: Sequence[int]) -> torch.Tensor:
     return (pos[:, None] < pos[None, :]).float()
 
 
-def to_networkx(A: torch.Tensor, concepts: Sequence[str], threshold: float) -> nx.DiGraph:
-    """The graph of the edges with ``|A[j, i]| > threshold``, weights stored as edge attribute ``weight``."""
+def to_networkx(A: torch.Tensor, concepts: Sequence[str], threshold: float, relative: float = 0.0) -> nx.DiGraph:
+    """The graph of the edges with ``|A[j, i]| > threshold`` and ``|A[j, i]| > relative * max_k |A[k, i]|``.
+
+    Weights are stored as edge attribute ``weight``.
+    """
     g = nx.DiGraph()
     g.add_nodes_from(concepts)
     W = A.detach().cpu()
+    col_max = W.abs().max(0).values
     n = len(concepts)
     for j in range(n):
         for i in range(n):
-            if i != j and abs(float(W[j, i])) > threshold:
+            w = abs(float(W[j, i]))
+            if i != j and w > threshold and w > relative * float(col_max[i]):
                 g.add_edge(concepts[j], concepts[i], weight=float(W[j, i]))
     return g
 

@@ -2,7 +2,7 @@
 
 ``loss = recon + kl_weight * kl + label_weight * labels                      (-ELBO, per image)
         + augmented-Lagrangian(h(A)) + label_loss_weight * l_u + mask_loss_weight * l_m
-        + sparsity * |A|_1``
+        + sparsity * |A|_1 + path * sum(|A| @ |A|) + order_prior * |A o against_order|_1``
 
 - ``recon``: ``-log p(x | z)`` per image (pixels summed: a per-image log-likelihood, not the official
   code's mean over rows).
@@ -13,6 +13,8 @@
 - ``mask_loss`` ``l_m``: mask-layer consistency of the posterior concepts,
   ``mean_n sum_i ||z_i - g_i(A[:, i] o z)||^2 / d``.
 - ``sparsity``: ``sum |A[j, i]|`` over the non-required entries (learned graphs only).
+- ``path``: ``sum(|A| @ |A|)``, the weight of two-step paths (learned graphs only).
+- ``order_prior``: ``sum |A[j, i]|`` over the entries against the causal order found from the labels.
 
 The ELBO part is computed from Pyro traces (guide traced, model replayed), so ``recon + kl + labels``
 equals ``pyro.infer.TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, u) / N``
@@ -29,7 +31,7 @@ from pyro import poutine
 
 from .model import CausalVAE, noise_site
 
-TERMS = ("recon", "kl", "labels", "dag", "label_loss", "mask_loss", "sparsity")
+TERMS = ("recon", "kl", "labels", "dag", "label_loss", "mask_loss", "sparsity", "path", "order_prior")
 
 
 @dataclass
@@ -45,13 +47,20 @@ class LossWeights:
     :param label_loss: ``beta`` of the paper, weight of ``l_u``.
     :param mask_loss: ``gamma`` of the paper, weight of ``l_m``.
     :param sparsity: weight of the L1 penalty on ``A``.
+    :param path: weight of ``sum(|A| @ |A|)``, a penalty on two-step paths (learned graphs only): among
+        parent sets that predict a deterministic child equally well, it prefers the one with the fewest
+        ancestral relations.
+    :param order_prior: weight of the L1 penalty on the entries of ``A`` against the causal order found
+        from the labels (:mod:`pyro_causalvae.discovery`); 0 when no order was searched.
     """
 
     kl: float = 1.0
     labels: float = 100.0
     label_loss: float = 1.0
     mask_loss: float = 0.1
-    sparsity: float = 0.02
+    sparsity: float = 0.002
+    path: float = 0.02
+    order_prior: float = 1.0
 
     def __post_init__(self):
         for f in fields(self):
@@ -97,10 +106,14 @@ def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None) -> dic
     if model.spec.learned:
         h = model.acyclicity()
         dag = model.al.penalty(h)
-        sparsity = (A.abs() * (1 - model.required_edges)).sum()
+        Aa = A.abs()
+        sparsity = (Aa * (1 - model.required_edges)).sum()
+        path = (Aa @ Aa).sum()
+        order_prior = (Aa * model.order_penalty).sum()
     else:
-        dag = sparsity = x.new_zeros(())
-    return dict(recon=recon, kl=kl, labels=labels, dag=dag, label_loss=label_loss, mask_loss=mask_loss, sparsity=sparsity)
+        dag = sparsity = path = order_prior = x.new_zeros(())
+    return dict(recon=recon, kl=kl, labels=labels, dag=dag, label_loss=label_loss, mask_loss=mask_loss,
+                sparsity=sparsity, path=path, order_prior=order_prior)
 
 
 def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
@@ -113,6 +126,8 @@ def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
         + w.label_loss * terms["label_loss"]
         + w.mask_loss * terms["mask_loss"]
         + w.sparsity * terms["sparsity"]
+        + w.path * terms["path"]
+        + w.order_prior * terms["order_prior"]
     )
 
 

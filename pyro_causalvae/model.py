@@ -139,6 +139,8 @@ class CausalVAE(PyroModule):
         # state dicts as extra state; ``order_mask`` is derived from it.
         self.order: list[int] = self._known_order() if not self.spec.learned else list(range(K))
         self.register_buffer("order_mask", order_mask(self.order))
+        # Entries of A against a causal order found from the labels (penalised by LossWeights.order_prior).
+        self.register_buffer("order_penalty", torch.zeros(K, K))
         loc = torch.zeros(K) if label_loc is None else torch.as_tensor(label_loc, dtype=torch.float32)
         scale = torch.ones(K) if label_scale is None else torch.as_tensor(label_scale, dtype=torch.float32)
         if loc.shape != (K,) or scale.shape != (K,):
@@ -178,6 +180,21 @@ class CausalVAE(PyroModule):
         self.order = [int(i) for i in order]
         self.order_mask.copy_(order_mask(self.order).to(self.order_mask.device))
 
+    @torch.no_grad()
+    def init_from_order(self, order: Sequence[int]) -> None:
+        """Start a learned graph from a causal order: the structural equations follow ``order``, ``A``
+        starts at 1 on the entries that agree with it and 0 on the others, which are then penalised by
+        the ``order_prior`` loss term (see :mod:`pyro_causalvae.discovery`)."""
+        if not self.spec.learned:
+            raise ValueError("init_from_order applies to a learned graph only")
+        order = [int(i) for i in order]
+        if sorted(order) != list(range(len(self.concepts))):
+            raise ValueError(f"order must be a permutation of 0..{len(self.concepts) - 1}, got {order}")
+        self._set_order(order)
+        agree = self.support * self.order_mask
+        self.A_raw.copy_(agree)
+        self.order_penalty.copy_(self.support * (1.0 - self.order_mask) * (1.0 - self.required_edges))
+
     def get_extra_state(self) -> dict:
         return {"order": list(self.order)}
 
@@ -187,12 +204,16 @@ class CausalVAE(PyroModule):
             raise ValueError(f"invalid causal order {order} in the state dict")
         self._set_order(order)
 
-    def graph(self, threshold: float = 0.3) -> nx.DiGraph:
-        """The causal graph over the concept names: edges with ``|A[j, i]| > threshold``.
+    def graph(self, threshold: float = 0.02, relative: float = 0.2) -> nx.DiGraph:
+        """The causal graph over the concept names.
 
+        An edge ``j -> i`` is kept when ``|A[j, i]| > threshold`` and ``|A[j, i]| > relative *
+        max_k |A[k, i]|`` (relative to the strongest edge into the same concept: with MLP mechanisms the
+        overall scale of ``A`` is traded against the networks' weights under the L1 penalty, so a fixed
+        absolute cut is not meaningful across concepts). ``relative=0`` gives a plain absolute threshold.
         Required (and known) edges are always included. Edge attribute ``weight`` holds ``A[j, i]``.
         """
-        g = to_networkx(self.adjacency, self.concepts, threshold)
+        g = to_networkx(self.adjacency, self.concepts, threshold, relative)
         A = self.adjacency.detach().cpu()
         for j, i in self.required_edges.nonzero().tolist():
             g.add_edge(self.concepts[j], self.concepts[i], weight=float(A[j, i]))

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import discovery
 from ._validation import check_finite
 from .loss import TERMS, LossWeights, loss_terms, total_loss
 from .model import CausalVAE
@@ -37,6 +38,8 @@ class History:
     """Per-epoch means of each loss term (and ``loss``, ``h`` = h(A), ``images_per_s``, ``seconds``)."""
 
     rows: list[dict] = field(default_factory=list)
+    #: the causal order found from the labels before training (learned graphs), or ``None``
+    graph_search: dict | None = None
 
     def __getitem__(self, key: str) -> list[float]:
         return [r[key] for r in self.rows]
@@ -97,6 +100,8 @@ def fit(
     progress: bool = True,
     extra_config: dict | None = None,
     callback: Callable[[int, dict], None] | None = None,
+    order_search: bool = True,
+    warm_start_steps: int = 2000,
 ) -> History:
     """Train ``model`` on ``dataset`` by SVI on the DAG-penalised loss.
 
@@ -116,14 +121,20 @@ def fit(
     :param al_every: steps between augmented-Lagrangian updates (and causal-order updates).
     :param progress: show a tqdm progress bar.
     :param callback: called as ``callback(epoch, row)`` after each epoch.
+    :param order_search: for a learned graph with labels, first find a causal order from the labels
+        (:func:`pyro_causalvae.discovery.order_search`) and warm-start ``A`` and the mechanisms within it
+        (:func:`pyro_causalvae.discovery.warm_start_graph`, ``warm_start_steps`` steps); ``A`` is then
+        trained over its whole support under the augmented Lagrangian. ``False``: start from ``A = 0``
+        (the order is then not identified when children are deterministic functions of their parents).
     :returns: the :class:`History` of per-epoch loss terms.
     :raises ValueError: for data that does not match the model, or bad settings (before any work).
     :raises TrainingDiverged: when a loss term turns NaN or inf; the last good checkpoint is kept.
     """
     weights = weights if weights is not None else LossWeights()
-    for name, v in [("epochs", epochs), ("batch_size", batch_size), ("keep_last", keep_last), ("al_every", al_every)]:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    for name, v in [("epochs", epochs), ("batch_size", batch_size), ("keep_last", keep_last), ("al_every", al_every),
+                    ("warm_start_steps", warm_start_steps)]:
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "warm_start_steps" else 1):
+            raise ValueError(f"{name} must be a {'non-negative' if name == 'warm_start_steps' else 'positive'} integer, got {v!r}")
     if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     device = torch.device(device)
@@ -147,7 +158,7 @@ def fit(
     start_epoch = 0
 
     config = {"model": model.config(), "fit": dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, al_every=al_every,
-              weights=weights.to_dict()), **(extra_config or {})}
+              weights=weights.to_dict(), order_search=order_search, warm_start_steps=warm_start_steps), **(extra_config or {})}
     if out_dir is not None:
         latest = ckpt.latest_checkpoint(out_dir)
         if resume and latest is not None:
@@ -160,6 +171,17 @@ def fit(
         elif not resume and latest is not None:
             raise ValueError(f"{out_dir} already holds checkpoints; pass resume=True to continue it, or choose a new out_dir")
         ckpt.write_json(out_dir / ckpt.CONFIG, config)
+
+    if start_epoch == 0 and order_search and model.spec.learned and labels is not None:
+        t0 = time.perf_counter()
+        required = [(model.concepts.index(a), model.concepts.index(b)) for a, b in model.spec.required]
+        order, score = discovery.order_search(labels.cpu(), required=required, seed=seed)
+        discovery.warm_start_graph(model, labels, order, steps=warm_start_steps, seed=seed)
+        history.graph_search = {"order": [model.concepts[i] for i in order], "score": score,
+                                "seconds": time.perf_counter() - t0}
+        if progress:
+            tqdm.write(f"causal order from the labels: {' < '.join(history.graph_search['order'])} "
+                       f"({history.graph_search['seconds']:.1f} s)")
 
     def to_x(idx):
         x = images[idx]
