@@ -29,7 +29,8 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80", "graphviz>=0.20"],
+        "chirho": ["chirho>=0.2"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "graphviz>=0.20", "chirho>=0.2"],
     },
     entry_points={"console_scripts": ["pyro-causalvae=pyro_causalvae.cli:main"]},
     classifiers=[

@@ -104,7 +104,7 @@ def order_search(
     :param n: rows used to fit the regressions, and as many to evaluate them.
     :param seed: seed of the row sample.
     :param exact_max: up to this many concepts the best order is found exactly (dynamic programming
-        over subsets); beyond, greedily (each next concept the one whose residual is most independent).
+        over subsets); beyond, greedily from the last concept backwards (RESIT's sink search).
     :returns: ``(order, score)``: concept indices causes first, and the order's score.
     """
     labels = torch.as_tensor(labels, dtype=torch.float64)
@@ -136,17 +136,21 @@ def order_search(
             raise ValueError("the required edges admit no causal order (they form a cycle)")
         score, order = best[full]
         return order, score
-    order: list[int] = []
+    # Greedy, as RESIT: repeatedly take as the last concept the one whose residual given all the
+    # remaining others is the most independent of them.
+    remaining = list(range(K))
+    reverse: list[int] = []
     score = 0.0
-    while len(order) < K:
-        options = [c for c in range(K) if c not in order and parents_required[c] <= set(order)]
+    while remaining:
+        options = [c for c in remaining if not any(c in parents_required[o] for o in remaining if o != c)]
         if not options:
             raise ValueError("the required edges admit no causal order (they form a cycle)")
-        terms = {c: sc.term(c, order) for c in options}
+        terms = {c: sc.term(c, [o for o in remaining if o != c]) for c in options}
         c = min(terms, key=terms.get)
-        order.append(c)
+        reverse.append(c)
+        remaining.remove(c)
         score += terms[c]
-    return order, score
+    return reverse[::-1], score
 
 
 def warm_start_graph(

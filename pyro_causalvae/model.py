@@ -257,13 +257,20 @@ class CausalVAE(PyroModule):
         return self.mechanisms(z, A, i)
 
     def _as_block(self, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Broadcast an intervened value (scalar, ``[N]``, ``[N, 1]`` or ``[N, d]``) to a block like ``like``."""
-        if value.shape == like.shape:
-            return value
+        """Broadcast an intervened value (scalar, ``[N]``, ``[N, 1]`` or ``[N, d]``, possibly with extra
+        batch dims on the left, e.g. ChiRho's world plates) against a block like ``like`` (``[..., N, d]``)."""
         value = value.to(like)
-        if value.dim() == 1 and value.shape[0] == like.shape[-2]:
+        if value.dim() == 1 and value.shape[0] == like.shape[-2] and value.shape[0] != like.shape[-1]:
             value = value[:, None]
-        return value.expand(like.shape)
+        return value.expand(torch.broadcast_shapes(value.shape, like.shape))
+
+    @staticmethod
+    def _with_block(z: torch.Tensor, i: int, zi: torch.Tensor) -> torch.Tensor:
+        """``z`` (``[..., K, d]``) with block ``i`` replaced by ``zi`` (``[..., d]``), batch dims broadcast."""
+        batch = torch.broadcast_shapes(z.shape[:-2], zi.shape[:-1])
+        z = z.expand(*batch, *z.shape[-2:])
+        zi = zi.expand(*batch, zi.shape[-1])
+        return torch.cat([z[..., :i, :], zi.unsqueeze(-2), z[..., i + 1 :, :]], dim=-2)
 
     def structural_forward(self, eps: torch.Tensor) -> torch.Tensor:
         """The structural equations as a tensor function (no Pyro sites).
@@ -274,8 +281,7 @@ class CausalVAE(PyroModule):
         A, s = self.scm_adjacency(), self.noise_scales()
         z = torch.zeros_like(eps)
         for i in self.order:
-            zi = self._mechanism(z, A, i) + s[i] * eps[..., i, :]
-            z = torch.cat([z[..., :i, :], zi.unsqueeze(-2), z[..., i + 1 :, :]], dim=-2)
+            z = self._with_block(z, i, self._mechanism(z, A, i) + s[i] * eps[..., i, :])
         return z
 
     # ------------------------------------------------------------------ Pyro program
@@ -306,8 +312,7 @@ class CausalVAE(PyroModule):
                 c = self.concepts[i]
                 eps = pyro.sample(noise_site(c), dist.Normal(ref.new_zeros(d), 1.0).to_event(1))
                 zi = pyro.deterministic(c, self._mechanism(z, A, i) + s[i] * eps, event_dim=1)
-                zi = self._as_block(zi, eps)
-                z = torch.cat([z[..., :i, :], zi.unsqueeze(-2), z[..., i + 1 :, :]], dim=-2)
+                z = self._with_block(z, i, self._as_block(zi, eps))
             self._labels(z, u)
             loc = self.decoder(z.reshape(*z.shape[:-2], K * d))
             pyro.sample("x", dist.Normal(loc, self.pixel_scale).to_event(len(self.image_shape)), obs=x)
@@ -359,7 +364,7 @@ class CausalVAE(PyroModule):
                 g = self._mechanism(z, A, i)
                 fn = dist.Normal((loc[:, i] - g) / s[i], scale[:, i] / s[i]).to_event(1)
                 eps = pyro.sample(noise_site(self.concepts[i]), fn)
-                z = torch.cat([z[..., :i, :], (g + s[i] * eps).unsqueeze(-2), z[..., i + 1 :, :]], dim=-2)
+                z = self._with_block(z, i, g + s[i] * eps)
         return z
 
     # ------------------------------------------------------------------ tensor helpers
