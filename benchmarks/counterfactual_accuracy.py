@@ -34,16 +34,19 @@ from pyro_causalvae.queries import intervention_grid
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def evaluate(name: str, run: str | None, epochs: int, n: int, seed: int, judge_images: int) -> dict:
+def evaluate(name: str, run: str | None, epochs: int, n: int, seed: int, judge_images: int, size: int = 96,
+             figures: Path = ROOT / "docs" / "figures", save_runs: Path | None = None) -> dict:
     D = Pendulum if name == "pendulum" else Flow
-    test = D(split="test")
+    test = D(split="test", size=size)
     scm = test.scm
     t0 = time.perf_counter()
     if run is None:
-        train = D(split="train")
+        train = D(split="train", size=size)
         pyro.set_rng_seed(seed)
         model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale)
-        fit(model, train, epochs=epochs, seed=seed, progress=False)
+        out_dir = None if save_runs is None else save_runs / f"{name}-seed{seed}"
+        fit(model, train, epochs=epochs, seed=seed, progress=False, out_dir=out_dir,
+            extra_config={"data": {"dataset": name, "size": size, "data_seed": 0, "noise": 0.0}})
     else:
         model = load_model(run)
     model.eval()
@@ -78,11 +81,10 @@ def evaluate(name: str, run: str | None, epochs: int, n: int, seed: int, judge_i
     out["max_leakage"] = max(leak) if leak else 0.0
     out["mean_leakage"] = float(np.mean(leak)) if leak else 0.0
     out["min_descendant_r2"] = min(r2) if r2 else float("nan")
-    figures = ROOT / "docs" / "figures"
     grid = intervention_grid(model, x[:1])
     plot_intervention_grid(x[0], grid, figures / f"{name}_intervention_grid.png", reconstruction=model.reconstruct(x[:1])[0],
                            title=f"{name}: counterfactuals of one test image, do(concept = value) over each concept's range")
-    out["figure"] = str((figures / f"{name}_intervention_grid.png").relative_to(ROOT))
+    out["figure"] = str(figures / f"{name}_intervention_grid.png")
     return out
 
 
@@ -106,11 +108,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="test images")
     ap.add_argument("--judge-images", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=96, help="image side (smaller for a quick smoke run)")
+    ap.add_argument("--figures", default=str(ROOT / "docs" / "figures"), help="folder for the intervention grids")
+    ap.add_argument("--save-runs", help="keep the trained runs in this folder (for pyro-causalvae intervene ...)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if args.run and len(args.dataset) != 1:
         ap.error("--run scores one dataset: give one --dataset")
-    results = [evaluate(d, args.run, args.epochs, args.n, args.seed, args.judge_images) for d in args.dataset]
+    results = [evaluate(d, args.run, args.epochs, args.n, args.seed, args.judge_images, args.size, Path(args.figures),
+                        Path(args.save_runs) if args.save_runs else None)
+               for d in args.dataset]
     for r in results:
         report(r)
     if args.json:

@@ -326,11 +326,8 @@ class CausalVAE(PyroModule):
                 pyro.sample("labels", fn.to_event(2), infer={"is_auxiliary": True})
             return
         obs = u[..., None].expand(z.shape)
-        observed = ~torch.isnan(obs)
-        if observed.all():
-            pyro.sample("labels", fn.to_event(2), obs=obs)
-        else:
-            pyro.sample("labels", fn.mask(observed).to_event(2), obs=obs.nan_to_num(0.0))
+        # NaN entries are unobserved; masking always (rather than testing for NaN) avoids a host sync.
+        pyro.sample("labels", fn.mask(~torch.isnan(obs)).to_event(2), obs=obs.nan_to_num(0.0))
 
     def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's Normal posterior over the concept blocks ``z``.

@@ -4,8 +4,8 @@ For a batch of factual images and one intervention ``do(c = v)``, with labels re
 independent judge (:mod:`pyro_causalvae.metrics.judge`), all in normalised label units:
 
 - ``achieved``: the change the model's counterfactual makes on ``c`` relative to the intended change,
-  ``mean(judge(cf)[c] - judge(x)[c]) / mean(v - u[c])`` (1 is perfect), and ``target_error``
-  ``mean |judge(cf)[c] - v|``;
+  the least-squares slope of ``judge(cf)[c] - judge(x)[c]`` on ``v - u[c]`` (1 is perfect, 0 is no
+  movement), and ``target_error`` ``mean |judge(cf)[c] - v|``;
 - for each descendant ``k`` of ``c``: ``r2`` of ``judge(cf)[k]`` against the true counterfactual label
   (the simulator's structural equations with the abducted noise), and its mean absolute error;
 - ``leakage``: ``mean |judge(cf)[k] - judge(x)[k]|`` over non-descendants ``k`` (0 is perfect: they
@@ -61,10 +61,12 @@ def intervention_scores(
     t = concepts.index(target)
     desc = sorted(nx.descendants(graph, target), key=concepts.index)
     non_desc = [c for c in concepts if c != target and c not in desc]
-    intended = float(np.mean(v - u[:, t]))
+    intended = v - u[:, t]
+    moved = j_cf[:, t] - j_x[:, t]
+    denom = float(np.sum(intended**2))
     out = {
         "target": target,
-        "achieved": float(np.mean(j_cf[:, t] - j_x[:, t]) / intended) if abs(intended) > 1e-12 else float("nan"),
+        "achieved": float(np.sum(moved * intended)) / denom if denom > 1e-12 else float("nan"),
         "target_error": float(np.mean(np.abs(j_cf[:, t] - v))),
         "descendants": {},
         "leakage": {},
