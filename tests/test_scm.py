@@ -11,17 +11,7 @@ from pyro_causalvae.datasets import SCM, FlowSCM, PendulumSCM
 from pyro_causalvae.datasets.flow import flow_grid
 from pyro_causalvae.datasets.pendulum import pendulum_grid
 
-PENDULUM_EDGES = {
-    ("pendulum_angle", "shadow_length"),
-    ("pendulum_angle", "shadow_position"),
-    ("light_angle", "shadow_length"),
-    ("light_angle", "shadow_position"),
-}
-FLOW_EDGES = {
-    ("ball_size", "water_height"),
-    ("water_height", "water_flow"),
-    ("hole_position", "water_flow"),
-}
+from truth import FLOW_EDGES, PENDULUM_EDGES
 
 
 def ref_pendulum(theta: float, phi: float) -> tuple[float, float]:

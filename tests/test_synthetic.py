@@ -15,17 +15,7 @@ from pyro_causalvae.datasets import (
     _raster,
 )
 
-PENDULUM_EDGES = {
-    ("pendulum_angle", "shadow_length"),
-    ("pendulum_angle", "shadow_position"),
-    ("light_angle", "shadow_length"),
-    ("light_angle", "shadow_position"),
-}
-FLOW_EDGES = {
-    ("ball_size", "water_height"),
-    ("water_height", "water_flow"),
-    ("hole_position", "water_flow"),
-}
+from truth import FLOW_EDGES, PENDULUM_EDGES
 
 
 # --------------------------------------------------------------------------- raster primitives

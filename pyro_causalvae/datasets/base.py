@@ -266,8 +266,12 @@ class ConceptImageDataset(Dataset):
         )
 
     def to(self, device) -> ConceptImageDataset:
-        """Move images, labels, ``label_loc`` and ``label_scale`` to ``device`` in place; returns ``self``."""
-        self.images = self.images.to(device)
+        """Move images, labels, ``label_loc`` and ``label_scale`` to ``device`` in place; returns ``self``.
+
+        (Images that are decoded lazily, ``images is None``, are moved to the labels' device when read.)
+        """
+        if self.images is not None:
+            self.images = self.images.to(device)
         if self.labels is not None:
             self.labels = self.labels.to(device)
         self.label_loc = self.label_loc.to(device)

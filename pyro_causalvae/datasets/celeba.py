@@ -319,16 +319,6 @@ class CelebA(ConceptImageDataset):
             view.images = self.images[idx.to(self.images.device)]
         return view
 
-    def to(self, device) -> CelebA:
-        """Move labels, ``label_loc``, ``label_scale`` (and preloaded images) to ``device``; lazily decoded
-        images are moved there in ``__getitem__``."""
-        if self.images is not None:
-            self.images = self.images.to(device)
-        self.labels = self.labels.to(device)
-        self.label_loc = self.label_loc.to(device)
-        self.label_scale = self.label_scale.to(device)
-        return self
-
     def __repr__(self) -> str:
         graph = "None" if self.graph is None else f"{self.graph.number_of_edges()} edges"
         return (
