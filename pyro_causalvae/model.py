@@ -253,9 +253,6 @@ class CausalVAE(PyroModule):
         return values * self.label_scale[i] + self.label_loc[i]
 
     # ------------------------------------------------------------------ structural equations
-    def _mechanism(self, z: torch.Tensor, A: torch.Tensor, i: int) -> torch.Tensor:
-        return self.mechanisms(z, A, i)
-
     def _as_block(self, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Broadcast an intervened value (scalar, ``[N]``, ``[N, 1]`` or ``[N, d]``, possibly with extra
         batch dims on the left, e.g. ChiRho's world plates) against a block like ``like`` (``[..., N, d]``)."""
@@ -281,7 +278,7 @@ class CausalVAE(PyroModule):
         A, s = self.scm_adjacency(), self.noise_scales()
         z = torch.zeros_like(eps)
         for i in self.order:
-            z = self._with_block(z, i, self._mechanism(z, A, i) + s[i] * eps[..., i, :])
+            z = self._with_block(z, i, self.mechanisms(z, A, i) + s[i] * eps[..., i, :])
         return z
 
     # ------------------------------------------------------------------ Pyro program
@@ -311,7 +308,7 @@ class CausalVAE(PyroModule):
             for i in self.order:
                 c = self.concepts[i]
                 eps = pyro.sample(noise_site(c), dist.Normal(ref.new_zeros(d), 1.0).to_event(1))
-                zi = pyro.deterministic(c, self._mechanism(z, A, i) + s[i] * eps, event_dim=1)
+                zi = pyro.deterministic(c, self.mechanisms(z, A, i) + s[i] * eps, event_dim=1)
                 z = self._with_block(z, i, self._as_block(zi, eps))
             self._labels(z, u)
             loc = self.decoder(z.reshape(*z.shape[:-2], K * d))
@@ -358,7 +355,7 @@ class CausalVAE(PyroModule):
         z = torch.zeros_like(loc)
         with pyro.plate("data", x.shape[0]):
             for i in self.order:
-                g = self._mechanism(z, A, i)
+                g = self.mechanisms(z, A, i)
                 fn = dist.Normal((loc[:, i] - g) / s[i], scale[:, i] / s[i]).to_event(1)
                 eps = pyro.sample(noise_site(self.concepts[i]), fn)
                 z = self._with_block(z, i, g + s[i] * eps)

@@ -226,3 +226,11 @@ def test_config_round_trip():
     clone.load_state_dict(model.state_dict())
     assert set(clone.graph(0.0).edges()) == set(CHAIN)
     assert_close(clone.denormalise(torch.zeros(4)), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+
+def test_structural_forward_is_the_model_without_pyro():
+    model = chain_model()
+    x, _ = data()
+    tr = poutine.trace(model.model).get_trace(x)
+    eps = torch.stack([tr.nodes[f"{c}_noise"]["value"] for c in CONCEPTS], dim=-2)
+    assert_close(model.structural_forward(eps), tr.nodes["_RETURN"]["value"])
