@@ -1,4 +1,4 @@
-"""Command line: ``pyro-causalvae demo | train | intervene | counterfactual`` (also ``python -m pyro_causalvae``).
+"""Command line: ``pyro-causalvae demo | train | intervene | counterfactual | evaluate`` (also ``python -m pyro_causalvae``).
 
 Errors are printed as one readable line (exit status 2); ``--debug`` shows the traceback.
 """
@@ -193,6 +193,41 @@ def run_counterfactual(args) -> int:
     return 0
 
 
+def run_evaluate(args) -> int:
+    from .checkpoint import CONFIG, load_model, read_json, write_json
+    from .metrics import edge_precision_recall, evaluate_mic_tic, shd
+
+    model = load_model(args.run_dir)
+    cfg = read_json(Path(args.run_dir) / CONFIG)
+    data = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0, **cfg.get("data", {})})
+    split = "test"
+    ds = load_dataset(data, "test")
+    if ds is None:
+        ds, split = load_dataset(data, "train"), "train (this dataset has no test split)"
+    res = {"run": str(args.run_dir), "split": split, "images": len(ds)}
+    res.update(evaluate_mic_tic(model, ds))
+    learned = model.graph()
+    res["graph"] = [f"{a}->{b}" for a, b in learned.edges()]
+    if ds.graph is not None:
+        p, r = edge_precision_recall(learned, ds.graph)
+        res.update(shd=shd(learned, ds.graph), precision=p, recall=r)
+    print(f"{args.run_dir}: {len(ds)} images of the {split} split")
+    print(f"MIC {res['mic']:.1f}  TIC {res['tic']:.1f}  (x 100, mean over concepts of the matched pairs)")
+    width = max(len(c) for c in model.concepts)
+    header = "latent / label"
+    print(f"{header:<{width}}  " + "  ".join(f"{c[:10]:>10}" for c in model.concepts) + "   (MIC x 100)")
+    for c, row in zip(model.concepts, res["mic_matrix"]):
+        print(f"{c:<{width}}  " + "  ".join(f"{v:>10.1f}" for v in row))
+    graph_line = ", ".join(res["graph"]) or "(no edges)"
+    if "shd" in res:
+        graph_line += f"; SHD {res['shd']}, precision {res['precision']:.2f}, recall {res['recall']:.2f}"
+    print("graph:", graph_line)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "metrics.json"
+    write_json(out, res)
+    print("written:", out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-causalvae", description="CausalVAE as a Pyro program.", epilog=EPILOG)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -213,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--image", help="image file (default: an image of the run's test data)")
         p.add_argument("--index", type=int, default=0, help="which test image, without --image")
         p.add_argument("--out", help="PNG to write (default: in RUN_DIR)")
-    for p in (demo, train, inter, cf):
+    ev = sub.add_parser("evaluate", help="MIC/TIC (this project's protocol) and graph recovery of a trained run")
+    ev.add_argument("run_dir")
+    ev.add_argument("--out", help="JSON to write (default: RUN_DIR/metrics.json)")
+    for p in (demo, train, inter, cf, ev):
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -273,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_intervene(args)
         if args.command == "counterfactual":
             return run_counterfactual(args)
+        if args.command == "evaluate":
+            return run_evaluate(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -236,3 +236,9 @@ def test_cli_intervene_and_counterfactual_on_a_trained_run(tmp_path, capsys):
     assert float(row.split()[2]) == pytest.approx(0.9, abs=1e-4)
     assert main(["counterfactual", str(run), "--do", "zz=1"]) == 2
     assert "unknown concept 'zz'" in capsys.readouterr().err
+    assert main(["evaluate", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "MIC" in text and "graph: a->b, b->c" in text
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["mic"] <= 100 and len(metrics["mic_matrix"]) == 3
+    assert "shd" not in metrics  # a folder of images has no true graph to compare with
