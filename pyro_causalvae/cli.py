@@ -6,6 +6,7 @@ Errors are printed as one readable line (exit status 2); ``--debug`` shows the t
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -89,6 +90,8 @@ def load_dataset(args, split: str = "train"):
 
 
 def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    from .model import CausalVAE
+
     if not demo:
         p.add_argument("--dataset", choices=["pendulum", "flow", "celeba", "folder"], required=True)
         p.add_argument("--root", help="data folder (celeba: CelebA's folder; folder: the images)")
@@ -108,7 +111,11 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data split")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--threshold", type=float, default=0.3, help="|A| threshold of the reported graph")
+    graph_defaults = inspect.signature(CausalVAE.graph).parameters
+    p.add_argument("--threshold", type=float, default=graph_defaults["threshold"].default,
+                   help="|A| threshold of the reported graph (model.graph)")
+    p.add_argument("--relative", type=float, default=graph_defaults["relative"].default,
+                   help="keep an edge only above this fraction of the strongest edge into the same concept (model.graph)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -282,7 +289,10 @@ def run_training(args, dataset_args) -> int:
     last = history.last()
     print(f"trained {last['epoch']} epochs: loss {last['loss']:.1f}, recon {last['recon']:.1f}, "
           f"h(A) {last['h']:.2e}, {last['images_per_s']:.0f} images/s")
-    learned = model.graph(threshold=args.threshold)
+    if history.graph_search is not None:
+        print(f"causal order found in the labels: {' < '.join(history.graph_search['order'])} "
+              f"({history.graph_search['seconds']:.1f} s, then A learned under the augmented Lagrangian)")
+    learned = model.graph(threshold=args.threshold, relative=args.relative)
     print("learned graph:", ", ".join(f"{u}->{v}" for u, v in learned.edges()) or "(no edges)")
     if train.graph is not None:
         p, r = edge_precision_recall(learned, train.graph)
