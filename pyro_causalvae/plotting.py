@@ -40,7 +40,7 @@ def plot_graph(graph: nx.DiGraph, path: str | Path, true_graph: nx.DiGraph | Non
     missing ones dashed grey. Edge labels show the weights ``A[j, i]`` where present."""
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     nodes = list(true_graph.nodes()) if true_graph is not None else list(graph.nodes())
-    pos = nx.circular_layout(nodes)
+    pos = _layered_layout(graph, nodes)
     nx.draw_networkx_nodes(graph, pos, nodelist=nodes, node_color="#dde7f5", node_size=2200, ax=ax)
     nx.draw_networkx_labels(graph, pos, labels={v: v.replace("_", "\n") for v in nodes}, font_size=8, ax=ax)
     edges = list(graph.edges())
@@ -51,11 +51,25 @@ def plot_graph(graph: nx.DiGraph, path: str | Path, true_graph: nx.DiGraph | Non
         nx.draw_networkx_edges(true_graph, pos, edgelist=missing, edge_color="#adb5bd", style="dashed", width=1.5, arrowsize=14, node_size=2200, ax=ax)
     weights = {e: f"{graph.edges[e]['weight']:.2f}" for e in edges if "weight" in graph.edges[e]}
     if weights:
-        nx.draw_networkx_edge_labels(graph, pos, edge_labels=weights, font_size=7, ax=ax)
+        nx.draw_networkx_edge_labels(graph, pos, edge_labels=weights, font_size=7, label_pos=0.35, ax=ax)
     ax.set_title(title)
     ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _layered_layout(graph: nx.DiGraph, nodes: list) -> dict:
+    """Causes above effects (topological generations as rows) for a DAG; a circle otherwise."""
+    g = nx.DiGraph()
+    g.add_nodes_from(nodes)
+    g.add_edges_from(graph.edges())
+    if not nx.is_directed_acyclic_graph(g):
+        return nx.circular_layout(nodes)
+    for depth, generation in enumerate(nx.topological_generations(g)):
+        for v in generation:
+            g.nodes[v]["layer"] = -depth
+    pos = nx.multipartite_layout(g, subset_key="layer", align="horizontal")
+    return {v: (x, y) for v, (x, y) in pos.items()}
 
 
 def plot_losses(history, path: str | Path) -> Path:
