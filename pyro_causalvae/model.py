@@ -141,6 +141,8 @@ class CausalVAE(PyroModule):
         self.register_buffer("order_mask", order_mask(self.order))
         # Entries of A against a causal order found from the labels (penalised by LossWeights.order_prior).
         self.register_buffer("order_penalty", torch.zeros(K, K))
+        # Set once A has been started from a causal order, so that a second fit() continues from it.
+        self.register_buffer("order_initialised", torch.tensor(False))
         loc = torch.zeros(K) if label_loc is None else torch.as_tensor(label_loc, dtype=torch.float32)
         scale = torch.ones(K) if label_scale is None else torch.as_tensor(label_scale, dtype=torch.float32)
         if loc.shape != (K,) or scale.shape != (K,):
@@ -194,6 +196,7 @@ class CausalVAE(PyroModule):
         agree = self.support * self.order_mask
         self.A_raw.copy_(agree)
         self.order_penalty.copy_(self.support * (1.0 - self.order_mask) * (1.0 - self.required_edges))
+        self.order_initialised.fill_(True)
 
     def get_extra_state(self) -> dict:
         return {"order": list(self.order)}

@@ -11,13 +11,11 @@ non-finite loss before the optimiser applies it).
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyro
 import torch
 from tqdm.auto import tqdm
@@ -74,15 +72,6 @@ def _check_data(model: CausalVAE, dataset) -> None:
         check_finite(labels, "dataset labels")
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy()),
-            "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
-
-
-def _set_seed(seed: int) -> None:
-    pyro.set_rng_seed(seed)
-
-
 def fit(
     model: CausalVAE,
     dataset,
@@ -126,6 +115,7 @@ def fit(
         (:func:`pyro_causalvae.discovery.warm_start_graph`, ``warm_start_steps`` steps); ``A`` is then
         trained over its whole support under the augmented Lagrangian. ``False``: start from ``A = 0``
         (the order is then not identified when children are deterministic functions of their parents).
+        A model whose ``A`` was already started from an order (a second ``fit``) continues from it.
     :returns: the :class:`History` of per-epoch loss terms.
     :raises ValueError: for data that does not match the model, or bad settings (before any work).
     :raises TrainingDiverged: when a loss term turns NaN or inf; the last good checkpoint is kept.
@@ -145,7 +135,7 @@ def fit(
         raise ValueError("resume=True needs out_dir (the run directory to resume)")
     out_dir = Path(out_dir) if out_dir is not None else None
 
-    _set_seed(seed)
+    pyro.set_rng_seed(seed)  # torch, NumPy and Python's random
     model.to(device)
     images = dataset.images.to(device)
     labels = dataset.labels_normalised
@@ -172,7 +162,7 @@ def fit(
             raise ValueError(f"{out_dir} already holds checkpoints; pass resume=True to continue it, or choose a new out_dir")
         ckpt.write_json(out_dir / ckpt.CONFIG, config)
 
-    if start_epoch == 0 and order_search and model.spec.learned and labels is not None:
+    if start_epoch == 0 and order_search and model.spec.learned and labels is not None and not bool(model.order_initialised):
         t0 = time.perf_counter()
         required = [(model.concepts.index(a), model.concepts.index(b)) for a, b in model.spec.required]
         order, score = discovery.order_search(labels.cpu(), required=required, seed=seed)

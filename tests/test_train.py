@@ -242,3 +242,14 @@ def test_cli_intervene_and_counterfactual_on_a_trained_run(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["mic"] <= 100 and len(metrics["mic_matrix"]) == 3
     assert "shd" not in metrics  # a folder of images has no true graph to compare with
+
+
+def test_second_fit_continues_the_learned_graph():
+    ds = tiny_dataset()
+    model = tiny_model()
+    first = fit(model, ds, epochs=1, batch_size=16, progress=False, warm_start_steps=5)
+    assert first.graph_search is not None and bool(model.order_initialised)
+    A = model.A_raw.detach().clone()
+    second = fit(model, ds, epochs=1, batch_size=16, progress=False, lr=1e-12)
+    assert second.graph_search is None  # no new order search, no reset of A
+    assert_close(model.A_raw.detach(), A, atol=1e-6, rtol=0)
