@@ -142,7 +142,7 @@ class CausalVAE(PyroModule):
         # Entries of A against a causal order found from the labels (penalised by LossWeights.order_prior).
         self.register_buffer("order_penalty", torch.zeros(K, K))
         # Set once A has been started from a causal order, so that a second fit() continues from it.
-        self.register_buffer("order_initialised", torch.tensor(False))
+        self.order_initialised = False
         loc = torch.zeros(K) if label_loc is None else torch.as_tensor(label_loc, dtype=torch.float32)
         scale = torch.ones(K) if label_scale is None else torch.as_tensor(label_scale, dtype=torch.float32)
         if loc.shape != (K,) or scale.shape != (K,):
@@ -196,16 +196,17 @@ class CausalVAE(PyroModule):
         agree = self.support * self.order_mask
         self.A_raw.copy_(agree)
         self.order_penalty.copy_(self.support * (1.0 - self.order_mask) * (1.0 - self.required_edges))
-        self.order_initialised.fill_(True)
+        self.order_initialised = True
 
     def get_extra_state(self) -> dict:
-        return {"order": list(self.order)}
+        return {"order": list(self.order), "order_initialised": self.order_initialised}
 
     def set_extra_state(self, state: dict) -> None:
         order = [int(i) for i in state["order"]]
         if sorted(order) != list(range(len(self.concepts))):
             raise ValueError(f"invalid causal order {order} in the state dict")
         self._set_order(order)
+        self.order_initialised = bool(state.get("order_initialised", False))
 
     def graph(self, threshold: float = 0.02, relative: float = 0.2) -> nx.DiGraph:
         """The causal graph over the concept names.

@@ -162,7 +162,7 @@ def fit(
             raise ValueError(f"{out_dir} already holds checkpoints; pass resume=True to continue it, or choose a new out_dir")
         ckpt.write_json(out_dir / ckpt.CONFIG, config)
 
-    if start_epoch == 0 and order_search and model.spec.learned and labels is not None and not bool(model.order_initialised):
+    if start_epoch == 0 and order_search and model.spec.learned and labels is not None and not model.order_initialised:
         t0 = time.perf_counter()
         required = [(model.concepts.index(a), model.concepts.index(b)) for a, b in model.spec.required]
         order, score = discovery.order_search(labels.cpu(), required=required, seed=seed)

@@ -248,7 +248,7 @@ def test_second_fit_continues_the_learned_graph():
     ds = tiny_dataset()
     model = tiny_model()
     first = fit(model, ds, epochs=1, batch_size=16, progress=False, warm_start_steps=5)
-    assert first.graph_search is not None and bool(model.order_initialised)
+    assert first.graph_search is not None and model.order_initialised
     A = model.A_raw.detach().clone()
     second = fit(model, ds, epochs=1, batch_size=16, progress=False, lr=1e-12)
     assert second.graph_search is None  # no new order search, no reset of A
