@@ -182,58 +182,56 @@ def fit(
     check_each_step = device.type == "cpu"
     # Distribution argument checks are off in the hot loop (speed, and a NaN would otherwise surface as an
     # opaque ValueError from torch.distributions): the loop's own finite check names the step and term.
-    validation = pyro.validation_enabled(False)
-    validation.__enter__()
-    try:
-        for epoch in range(start_epoch, epochs):
-            model.train()
-            g = torch.Generator(device="cpu").manual_seed(seed * 100003 + epoch)
-            perm = torch.randperm(N, generator=g).to(device)
-            sums = torch.zeros(len(TERMS) + 1, device=device)
-            bad_step = torch.full((), -1, dtype=torch.long, device=device)
-            bad_terms = torch.zeros(len(TERMS) + 1, dtype=torch.bool, device=device)
-            t0 = time.perf_counter()
-            for b in range(steps_per_epoch):
-                idx = perm[b * bs : (b + 1) * bs]
-                terms = loss_terms(model, to_x(idx), labels[idx] if labels is not None else None)
-                loss = total_loss(terms, weights)
-                vals = torch.stack([terms[t].detach() for t in TERMS] + [loss.detach()])
-                finite = torch.isfinite(vals)
-                if check_each_step:
-                    if not bool(finite.all()):
-                        _diverged(epoch, step, vals, out_dir)
-                else:
-                    first = (bad_step < 0) & ~finite.all()
-                    bad_step = torch.where(first, torch.as_tensor(step, device=device), bad_step)
-                    bad_terms = torch.where(first, ~finite, bad_terms)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                sums += vals
-                step += 1
-                if model.spec.learned and step % al_every == 0:
-                    model.al.update(model.acyclicity().detach())
-                    model.update_order()
-                bar.update(1)
-            if not check_each_step and int(bad_step) >= 0:
-                _diverged(epoch, int(bad_step), torch.where(bad_terms, torch.nan, 0.0), out_dir)
-            seconds = time.perf_counter() - t0
-            means = (sums / steps_per_epoch).tolist()
-            row = {t: means[k] for k, t in enumerate(TERMS)}
-            row.update(loss=means[-1], h=float(model.acyclicity().detach()), epoch=epoch + 1, step=step,
-                       seconds=seconds, images_per_s=steps_per_epoch * bs / seconds,
-                       lam=float(model.al.lam), rho=float(model.al.rho))
-            history.rows.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.1f}", h=f"{row['h']:.2g}")
-            if out_dir is not None:
-                state = {"model": model.state_dict(), "optim": optim.state_dict(), "epoch": epoch + 1, "step": step,
-                         "history": [dict(r) for r in history.rows], "rng": {"torch": torch.get_rng_state()}}
-                ckpt.save_checkpoint(out_dir, epoch + 1, state, keep_last=keep_last)
-            if callback is not None:
-                callback(epoch + 1, row)
-    finally:
-        validation.__exit__(None, None, None)
-        bar.close()
+    with pyro.validation_enabled(False):
+        try:
+            for epoch in range(start_epoch, epochs):
+                model.train()
+                g = torch.Generator(device="cpu").manual_seed(seed * 100003 + epoch)
+                perm = torch.randperm(N, generator=g).to(device)
+                sums = torch.zeros(len(TERMS) + 1, device=device)
+                bad_step = torch.full((), -1, dtype=torch.long, device=device)
+                bad_terms = torch.zeros(len(TERMS) + 1, dtype=torch.bool, device=device)
+                t0 = time.perf_counter()
+                for b in range(steps_per_epoch):
+                    idx = perm[b * bs : (b + 1) * bs]
+                    terms = loss_terms(model, to_x(idx), labels[idx] if labels is not None else None)
+                    loss = total_loss(terms, weights)
+                    vals = torch.stack([terms[t].detach() for t in TERMS] + [loss.detach()])
+                    finite = torch.isfinite(vals)
+                    if check_each_step:
+                        if not bool(finite.all()):
+                            _diverged(epoch, step, vals, out_dir)
+                    else:
+                        first = (bad_step < 0) & ~finite.all()
+                        bad_step = torch.where(first, torch.as_tensor(step, device=device), bad_step)
+                        bad_terms = torch.where(first, ~finite, bad_terms)
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optim.step()
+                    sums += vals
+                    step += 1
+                    if model.spec.learned and step % al_every == 0:
+                        model.al.update(model.acyclicity().detach())
+                        model.update_order()
+                    bar.update(1)
+                if not check_each_step and int(bad_step) >= 0:
+                    _diverged(epoch, int(bad_step), torch.where(bad_terms, torch.nan, 0.0), out_dir)
+                seconds = time.perf_counter() - t0
+                means = (sums / steps_per_epoch).tolist()
+                row = {t: means[k] for k, t in enumerate(TERMS)}
+                row.update(loss=means[-1], h=float(model.acyclicity().detach()), epoch=epoch + 1, step=step,
+                           seconds=seconds, images_per_s=steps_per_epoch * bs / seconds,
+                           lam=float(model.al.lam), rho=float(model.al.rho))
+                history.rows.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.1f}", h=f"{row['h']:.2g}")
+                if out_dir is not None:
+                    state = {"model": model.state_dict(), "optim": optim.state_dict(), "epoch": epoch + 1, "step": step,
+                             "history": [dict(r) for r in history.rows], "rng": {"torch": torch.get_rng_state()}}
+                    ckpt.save_checkpoint(out_dir, epoch + 1, state, keep_last=keep_last)
+                if callback is not None:
+                    callback(epoch + 1, row)
+        finally:
+            bar.close()
     model.eval()
     return history
 
