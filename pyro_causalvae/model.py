@@ -168,6 +168,18 @@ class CausalVAE(PyroModule):
         """``A`` restricted to the current causal order (always a DAG): what the structural equations use."""
         return self.adjacency * self.order_mask
 
+    def possible_parents(self) -> list[set[int]]:
+        """For each concept, the concepts that may enter its structural equation: its parents in a known
+        graph; for a learned graph, the concepts before it in the causal order (forbidden edges excluded).
+        Computed on the host from the graph spec and the order (no device access)."""
+        idx = {c: i for i, c in enumerate(self.concepts)}
+        if not self.spec.learned:
+            return [{idx[p] for p in self.spec.known.predecessors(c)} for c in self.concepts]
+        forbidden = {(idx[a], idx[b]) for a, b in self.spec.forbidden}
+        pos = {c: k for k, c in enumerate(self.order)}
+        return [{j for j in range(len(self.concepts)) if pos[j] < pos[i] and (j, i) not in forbidden}
+                for i in range(len(self.concepts))]
+
     def acyclicity(self) -> torch.Tensor:
         """``h(A)`` (zero for a known graph)."""
         return acyclicity(self.adjacency)
@@ -266,6 +278,14 @@ class CausalVAE(PyroModule):
         return value.expand(torch.broadcast_shapes(value.shape, like.shape))
 
     @staticmethod
+    def _stack_blocks(blocks: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+        """Stack per-concept blocks (``[..., d]``; ``None`` is a block of zeros) into ``[..., K, d]``."""
+        present = [b for b in blocks if b is not None]
+        shape = torch.broadcast_shapes(like.shape, *(b.shape for b in present))
+        zeros = like.new_zeros(shape)
+        return torch.stack([zeros if b is None else b.expand(shape) for b in blocks], dim=-2)
+
+    @staticmethod
     def _with_block(z: torch.Tensor, i: int, zi: torch.Tensor) -> torch.Tensor:
         """``z`` (``[..., K, d]``) with block ``i`` replaced by ``zi`` (``[..., d]``), batch dims broadcast."""
         batch = torch.broadcast_shapes(z.shape[:-2], zi.shape[:-1])
@@ -307,13 +327,18 @@ class CausalVAE(PyroModule):
         K, d = len(self.concepts), self.concept_dim
         A, s = self.scm_adjacency(), self.noise_scales()
         ref = self.label_loc
-        z = ref.new_zeros(N, K, d)
+        parents = self.possible_parents()
+        blocks: list[torch.Tensor | None] = [None] * K
         with pyro.plate("data", N):
             for i in self.order:
                 c = self.concepts[i]
                 eps = pyro.sample(noise_site(c), dist.Normal(ref.new_zeros(d), 1.0).to_event(1))
-                zi = pyro.deterministic(c, self.mechanisms(z, A, i) + s[i] * eps, event_dim=1)
-                z = self._with_block(z, i, self._as_block(zi, eps))
+                # only the possible parents' blocks enter g_i, so that value provenance (render_model)
+                # follows the graph
+                z_in = self._stack_blocks([blocks[j] if j in parents[i] else None for j in range(K)], eps)
+                zi = pyro.deterministic(c, self.mechanisms(z_in, A, i) + s[i] * eps, event_dim=1)
+                blocks[i] = self._as_block(zi, eps)
+            z = self._stack_blocks(blocks, eps)
             self._labels(z, u)
             loc = self.decoder(z.reshape(*z.shape[:-2], K * d))
             pyro.sample("x", dist.Normal(loc, self.pixel_scale).to_event(len(self.image_shape)), obs=x)

@@ -45,7 +45,8 @@ def test_chirho_counterfactual_equals_library_counterfactual(setup, handler):
     images = _worlds(tr.nodes["x_counterfactual"]["fn"].mean, (3, 16, 16))
     assert_close(images[0], ours["factual_images"][0])
     assert_close(images[1], ours["images"][0])
-    blocks = {c: _worlds(tr.nodes[c]["value"], (2,)) for c in "abcd"}
+    blocks = {c: _worlds(tr.nodes[c]["value"], (2,)) for c in "abc"}
     assert_close(blocks["a"][1], torch.full((N, 2), 0.7))
     assert (blocks["c"][1] - blocks["c"][0]).abs().max() > 0  # multi-hop, in ChiRho's worlds too
-    assert torch.equal(blocks["d"][1], blocks["d"][0])  # not a descendant
+    # d is not a descendant of a: ChiRho does not even split it into worlds (one value, shared)
+    assert tr.nodes["d"]["value"].shape == (N, 2)
