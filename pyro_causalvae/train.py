@@ -165,9 +165,10 @@ def fit(
     if start_epoch == 0 and order_search and model.spec.learned and labels is not None and not model.order_initialised:
         t0 = time.perf_counter()
         required = [(model.concepts.index(a), model.concepts.index(b)) for a, b in model.spec.required]
-        order, score = discovery.order_search(labels.cpu(), required=required, seed=seed)
-        discovery.warm_start_graph(model, labels, order, steps=warm_start_steps, seed=seed)
+        order, score, candidates = discovery.choose_order_and_warm_start(model, labels, required=required, seed=seed,
+                                                                         steps=warm_start_steps)
         history.graph_search = {"order": [model.concepts[i] for i in order], "score": score,
+                                "candidates": [{**c, "order": [model.concepts[i] for i in c["order"]]} for c in candidates],
                                 "seconds": time.perf_counter() - t0}
         if progress:
             tqdm.write(f"causal order from the labels: {' < '.join(history.graph_search['order'])} "
