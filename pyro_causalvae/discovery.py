@@ -9,8 +9,8 @@ deterministic children have residuals near 0). This module scores each order by
 
     score(order) = sum_k HSIC(r_k, u_pred(k)),   r_k = u_k - E[u_k | u_pred(k)]  (kernel ridge, out of sample)
 
-(the criterion of RESIT, Peters et al. 2014, JMLR 15) and returns the best one, found exactly by dynamic
-programming over subsets (``K * 2^(K-1)`` regressions), or greedily for many concepts. The residual's
+(the criterion of RESIT, Peters et al. 2014, JMLR 15) and returns the best one, found exactly by scoring
+every order from ``K * 2^(K-1)`` cached regressions, or greedily for many concepts. The residual's
 kernel uses the bandwidth of the variable itself, so an almost exactly fitted child scores about 0
 rather than being judged on the structure of tiny fit errors.
 
@@ -138,34 +138,17 @@ def order_search(
     :param required: ``(j, i)`` index pairs that must have ``j`` before ``i`` (required edges).
     :param n: rows used to fit the regressions, and as many to evaluate them.
     :param seed: seed of the row sample.
-    :param exact_max: up to this many concepts the best order is found exactly (dynamic programming
-        over subsets); beyond, greedily from the last concept backwards (RESIT's sink search).
+    :param exact_max: up to this many concepts the best order is found exactly (every order scored by
+        :func:`order_scores`); beyond, greedily from the last concept backwards (RESIT's sink search).
     :returns: ``(order, score)``: concept indices causes first, and the order's score.
     """
     labels = _clean(labels)
     K = labels.shape[1]
+    if K <= exact_max:
+        score, order = order_scores(labels, required=required, n=n, seed=seed, ridge=ridge)[0]
+        return order, score
     sc = _Scorer(labels, n, seed, ridge)
     parents_required = {i: {j for j, ii in required if ii == i} for i in range(K)}
-    if K <= exact_max:
-        # best[S] = (score, order) of the best order of the concepts in bitmask S, S placed first.
-        best: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}
-        for S in range(1, 1 << K):
-            members = [c for c in range(K) if S >> c & 1]
-            cand = None
-            for c in members:  # c is the last of S
-                rest = S & ~(1 << c)
-                if rest not in best or not parents_required[c] <= {p for p in members if p != c}:
-                    continue
-                score = best[rest][0] + sc.term(c, [p for p in members if p != c])
-                if cand is None or score < cand[0]:
-                    cand = (score, best[rest][1] + [c])
-            if cand is not None:
-                best[S] = cand
-        full = (1 << K) - 1
-        if full not in best:
-            raise ValueError("the required edges admit no causal order (they form a cycle)")
-        score, order = best[full]
-        return order, score
     # Greedy, as RESIT: repeatedly take as the last concept the one whose residual given all the
     # remaining others is the most independent of them.
     remaining = list(range(K))

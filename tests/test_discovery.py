@@ -94,7 +94,7 @@ def test_order_scores_rank_every_admitted_order():
     assert len(ranked) == 6 and [s for s, _ in ranked] == sorted(s for s, _ in ranked)
     best = ranked[0][1]
     assert best.index(2) < best.index(0)  # x before y
-    assert order_search(labels, n=300)[0] == best  # the DP finds the exhaustive optimum
+    assert order_search(labels, n=300)[0] == best  # the search returns the best-scored order
     assert all(o.index(0) < o.index(1) for _, o in order_scores(labels, required=[(0, 1)], n=300))
 
 
