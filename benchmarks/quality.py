@@ -31,15 +31,15 @@ def run(name: str, seed: int, epochs: int, runs: Path) -> dict:
     D = Pendulum if name == "pendulum" else Flow
     out = runs / f"{name}-seed{seed}"
     t0 = time.perf_counter()
-    last = ckpt.latest_checkpoint(out)
-    if last is not None and int(last.stem.split("-")[1]) >= epochs:
+    done = ckpt.progress(out)
+    if done is not None and done["epoch"] >= epochs:
         model = load_model(out)
         trained = "reused"
     else:
         train = D(split="train")
         pyro.set_rng_seed(seed)
         model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale)
-        fit(model, train, epochs=epochs, seed=seed, progress=False, out_dir=out, resume=last is not None,
+        fit(model, train, epochs=epochs, seed=seed, progress=False, out_dir=out, resume=done is not None,
             extra_config={"data": {"dataset": name, "size": 96, "data_seed": 0, "noise": 0.0}})
         trained = f"trained in {time.perf_counter() - t0:.0f} s"
     test = D(split="test")

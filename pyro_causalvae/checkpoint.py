@@ -1,8 +1,8 @@
 """Run directories: checkpoints (tensors only, loaded with ``weights_only=True``) and a JSON config.
 
 A run directory holds ``config.json`` (the model's constructor arguments, the dataset's description and
-the training settings) and ``checkpoint-EEEE.pt`` files (state dicts and plain numbers, never pickled
-objects). Every file is written to a temporary file in the same folder and renamed into place, so a run
+the training settings) and ``checkpoint-SSSSSSSS.pt`` files, numbered by the global step after which they
+were written (state dicts and plain numbers, never pickled objects). Every file is written to a temporary file in the same folder and renamed into place, so a run
 killed at any moment leaves the previous files intact.
 """
 
@@ -60,11 +60,13 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(run_dir: str | Path, epoch: int, state: dict, keep_last: int = 3) -> Path:
-    """Write ``state`` (tensors, numbers, strings, lists, dicts) as ``checkpoint-<epoch>.pt`` atomically,
-    then delete all but the ``keep_last`` newest checkpoints."""
-    path = Path(run_dir) / f"checkpoint-{epoch:04d}.pt"
+def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep_last: int = 3) -> Path:
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) as ``checkpoint-<step>.pt`` atomically,
+    then delete all but the ``keep_last`` newest checkpoints (a crash between the two leaves one more)."""
+    path = Path(run_dir) / f"checkpoint-{step:08d}.pt"
     _atomic_write(path, lambda f: torch.save(state, f))
+    for stale in Path(run_dir).glob(".checkpoint-*.tmp"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
     for old in checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return path
@@ -92,6 +94,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def progress(run_dir: str | Path) -> dict | None:
+    """How far a run got: ``{"epoch": completed epochs, "batch": batches of the next epoch, "step": global
+    step}`` from its newest checkpoint, or ``None`` when it has none."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None
+    state = load_checkpoint(latest)
+    return {"epoch": int(state["epoch"]), "batch": int(state.get("batch", 0)), "step": int(state.get("step", 0))}
+
+
 def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the trained :class:`~pyro_causalvae.model.CausalVAE` of a run directory (latest checkpoint).
 
@@ -100,12 +112,23 @@ def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu"):
     from .model import CausalVAE
 
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} is not a directory")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     cfg = read_json(run_dir / CONFIG)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise ValueError(f'{run_dir / CONFIG} must be a JSON object with a "model" section (written by fit)')
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint-*.pt in {run_dir}")
     model = CausalVAE.from_config(cfg["model"])
-    model.load_state_dict(load_checkpoint(ckpt, map_location)["model"])
+    state = load_checkpoint(ckpt, map_location)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f'{ckpt} is not a checkpoint written by fit: expected a dict with a "model" state dict')
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        detail = str(err).strip().splitlines()
+        raise ValueError(f"{ckpt} does not match {run_dir / CONFIG}: {detail[-1].strip() if detail else type(err).__name__}") from err
     return model.to(map_location)

@@ -194,3 +194,22 @@ def test_malformed_attribute_file(tmp_path):
     attr.write_text("\n".join([*lines[:3], " ".join(bad), *lines[4:]]) + "\n")
     with pytest.raises(ValueError, match="line 4: attribute 'Male' is '0', expected -1 or 1"):
         CelebA(base, split="all")
+
+
+def test_fit_streams_images_from_disk_with_workers_like_the_preloaded_data(fake):
+    """CelebA(preload=False) trains through a DataLoader (1 worker) on the same batches as the preloaded
+    dataset, so the two runs end with the same parameters."""
+    from pyro_causalvae import CausalVAE, fit
+
+    parent = fake[0]
+    runs = []
+    for preload, workers in ((True, 0), (False, 1)):
+        ds = CelebA(parent, split="train", size=16, preload=preload)
+        torch.manual_seed(0)
+        model = CausalVAE(ds.concepts, ds.image_shape, concept_dim=2, graph=ds.graph,
+                          channels=8, hidden=16, mechanism_hidden=8, label_loc=ds.label_loc, label_scale=ds.label_scale)
+        fit(model, ds, epochs=2, batch_size=4, seed=1, progress=False, num_workers=workers)
+        runs.append({k: v for k, v in model.state_dict().items() if torch.is_tensor(v)})
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0]:
+        assert_close(runs[1][k], runs[0][k], msg=k)

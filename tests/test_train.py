@@ -1,35 +1,19 @@
 """fit(): determinism, checkpoints and resume, divergence, bad input; the train CLI."""
 
 import copy
+import math
 import json
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from pyro_causalvae import CausalVAE, LossWeights, TrainingDiverged, fit, load_model
+from pyro_causalvae import LossWeights, TrainingDiverged, fit, load_model
 from pyro_causalvae import checkpoint as ckpt
 from pyro_causalvae.cli import main
 from pyro_causalvae.datasets import ConceptImageDataset
 
-CONCEPTS = ("a", "b", "c")
-GRAPH = [("a", "b"), ("b", "c")]  # a --> b --> c
-
-
-def tiny_dataset(n=48, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.rand(n, 3, generator=g)
-    images = (torch.rand(n, 3, size, size, generator=g) * 255).to(torch.uint8)
-    return ConceptImageDataset(images, labels, concepts=CONCEPTS, graph=GRAPH)
-
-
-def tiny_model(graph="learn", size=16):
-    return CausalVAE(CONCEPTS, (3, size, size), concept_dim=2, graph=graph, channels=8, hidden=16, mechanism_hidden=8)
-
-
-def params(model):
-    """Tensors of the state dict (the causal order, extra state, is compared separately)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+from tiny import CONCEPTS, GRAPH, params, tiny_dataset, tiny_model  # noqa: F401  (a --> b --> c)
 
 
 def test_fit_returns_history_with_every_term_and_is_deterministic():
@@ -73,7 +57,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     for k, v in params(full).items():
         assert_close(params(resumed)[k], v, msg=k)
     assert resumed.order == full.order
-    assert [p.name for p in ckpt.checkpoints(tmp_path / "part")] == ["checkpoint-0001.pt", "checkpoint-0002.pt", "checkpoint-0003.pt"]
+    assert [p.name for p in ckpt.checkpoints(tmp_path / "part")] == ["checkpoint-00000003.pt", "checkpoint-00000006.pt", "checkpoint-00000009.pt"]
     cfg = json.loads((tmp_path / "part" / "config.json").read_text())
     assert cfg["model"]["concepts"] == list(CONCEPTS)
     loaded = load_model(tmp_path / "part")
@@ -83,7 +67,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 def test_keep_last_and_refuse_to_overwrite(tmp_path):
     ds = tiny_dataset()
     fit(tiny_model(), ds, epochs=3, batch_size=16, progress=False, out_dir=tmp_path, keep_last=2)
-    assert [p.name for p in ckpt.checkpoints(tmp_path)] == ["checkpoint-0002.pt", "checkpoint-0003.pt"]
+    assert [p.name for p in ckpt.checkpoints(tmp_path)] == ["checkpoint-00000006.pt", "checkpoint-00000009.pt"]
     with pytest.raises(ValueError, match="already holds checkpoints"):
         fit(tiny_model(), ds, epochs=1, progress=False, out_dir=tmp_path)
 
@@ -92,7 +76,7 @@ def test_divergence_names_step_and_term_and_keeps_last_checkpoint(tmp_path, monk
     ds = tiny_dataset()
     model = tiny_model()
     fit(model, ds, epochs=1, batch_size=16, progress=False, out_dir=tmp_path)
-    before = (tmp_path / "checkpoint-0001.pt").read_bytes()
+    before = (tmp_path / "checkpoint-00000003.pt").read_bytes()
     calls = {"n": 0}
     forward = model.decoder.forward
 
@@ -104,8 +88,8 @@ def test_divergence_names_step_and_term_and_keeps_last_checkpoint(tmp_path, monk
     monkeypatch.setattr(model.decoder, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match=r"step 4 \(epoch 2\).*recon=nan.*last good checkpoint"):
         fit(model, ds, epochs=2, batch_size=16, progress=False, out_dir=tmp_path, resume=True)
-    assert (tmp_path / "checkpoint-0001.pt").read_bytes() == before
-    assert not (tmp_path / "checkpoint-0002.pt").exists()
+    assert (tmp_path / "checkpoint-00000003.pt").read_bytes() == before
+    assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint-00000003.pt"
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step was not applied
 
 
@@ -175,7 +159,7 @@ def test_cli_train_writes_run_and_figures(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0, text
     assert "learned graph: a->b, b->c" in text
-    for f in ("config.json", "checkpoint-0001.pt", "losses.png", "graph.png", "reconstructions.png"):
+    for f in ("config.json", "checkpoint-00000002.pt", "losses.png", "graph.png", "reconstructions.png"):
         assert (out / f).is_file(), f
 
 
@@ -252,3 +236,12 @@ def test_second_fit_continues_the_learned_graph():
     second = fit(model, ds, epochs=1, batch_size=16, progress=False, lr=1e-12)
     assert second.graph_search is None  # no new order search, no reset of A
     assert_close(model.A_raw.detach(), A, atol=1e-6, rtol=0)
+
+
+def test_bf16_autocast_trains_with_float32_parameters():
+    model = tiny_model()
+    hist = fit(model, tiny_dataset(), epochs=1, batch_size=16, precision="bf16", progress=False, order_search=False)
+    assert all(map(math.isfinite, (hist.last()["loss"], hist.last()["recon"])))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fit(model, tiny_dataset(), epochs=1, precision="fp16", progress=False)

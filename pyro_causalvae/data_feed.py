@@ -1,0 +1,126 @@
+"""Feeding batches to the training loop: the global batch order, its shards, and the two data paths.
+
+The order of the data is a property of the *run*, not of the number of processes: epoch ``e`` visits a
+permutation drawn from ``(seed, e)``, cut into global batches of ``batch_size`` images; batch ``b`` of
+that epoch is the same set of images whatever the world size, and rank ``r`` of ``W`` takes the ``r``-th
+of its ``W`` equal shards (the role ``DistributedSampler`` plays, at batch rather than epoch granularity).
+So a run can stop after any step and resume there, on the same or another number of processes.
+
+Two paths:
+
+- resident: a dataset with an ``images`` tensor (the synthetic worlds, folders, a preloaded CelebA) is
+  moved to the device once and batches are indexed there (no DataLoader, no copies);
+- streamed: a dataset whose images are read from disk on access (``CelebA(preload=False)``) goes
+  through a :class:`~torch.utils.data.DataLoader` with this batch order as its ``batch_sampler``,
+  ``num_workers`` worker processes and pinned memory on CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the ``n`` items in ``epoch`` (``[n]`` int64, on the CPU)."""
+    g = torch.Generator(device="cpu").manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def check_batching(n: int, batch_size: int, world_size: int) -> int:
+    """Validate the global batch against the data and the world size; return the steps per epoch.
+
+    :raises ValueError: when ``batch_size`` is not a multiple of ``world_size`` or the data holds fewer
+        images than one global batch.
+    """
+    if batch_size % world_size:
+        lo, hi = batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size
+        raise ValueError(f"batch_size {batch_size} (the global batch) is not divisible by the world size {world_size}: "
+                         f"every rank must take an equal shard; use {lo or hi} or {hi}")
+    if n < batch_size:
+        raise ValueError(f"the dataset has {n} images, fewer than one global batch of {batch_size}: lower batch_size")
+    return n // batch_size
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """Indices of this rank's shard of each global batch of one epoch, from batch ``start`` on.
+
+    :param n: dataset size.
+    :param batch_size: the global batch (all ranks together).
+    :param seed: run seed.
+    :param epoch: epoch index (0-based).
+    :param rank: this process's rank; ``world_size``: number of processes.
+    :param start: first global batch to yield (a resumed epoch).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0):
+        self.steps = check_batching(n, batch_size, world_size)
+        self.perm = epoch_permutation(n, seed, epoch)
+        self.batch_size, self.rank, self.world_size, self.start = batch_size, rank, world_size, start
+
+    def shard(self, b: int) -> torch.Tensor:
+        """Indices ``[batch_size / world_size]`` of this rank's shard of global batch ``b``."""
+        local = self.batch_size // self.world_size
+        lo = b * self.batch_size + self.rank * local
+        return self.perm[lo : lo + local]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in range(self.start, self.steps):
+            yield self.shard(b).tolist()
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+
+class BatchFeed:
+    """Batches ``(x [B, C, H, W] float32 in [0, 1] on the device, u [B, K] normalised labels or None)``.
+
+    :param dataset: a :class:`~pyro_causalvae.datasets.ConceptImageDataset` (or subclass).
+    :param n: its number of images.
+    :param device: where batches are delivered.
+    :param num_workers: DataLoader worker processes for the streamed path (ignored when resident).
+    """
+
+    def __init__(self, dataset, n: int, batch_size: int, seed: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0):
+        self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.n = n
+        self.steps_per_epoch = check_batching(self.n, batch_size, world_size)
+        images = getattr(dataset, "images", None)
+        self.resident = isinstance(images, torch.Tensor)
+        if self.resident:
+            self.images = images.to(device)
+            labels = dataset.labels_normalised
+            self.labels = labels.to(device=device, dtype=torch.float32) if labels is not None else None
+        else:
+            self.labels = None
+
+    @property
+    def labelled(self) -> bool:
+        return getattr(self.dataset, "labels", None) is not None
+
+    def _x(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw.float()
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """This rank's batches of ``epoch`` from global batch ``start`` on."""
+        sampler = ShardedBatches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world_size, start)
+        if self.resident:
+            perm = sampler.perm.to(self.device)
+            local = self.batch_size // self.world_size
+            for b in range(start, sampler.steps):
+                lo = b * self.batch_size + self.rank * local
+                idx = perm[lo : lo + local]
+                yield self._x(self.images[idx]), (self.labels[idx] if self.labels is not None else None)
+            return
+        cuda = self.device.type == "cuda"
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers, pin_memory=cuda,
+                            persistent_workers=False)
+        for item in loader:
+            x, u = (item if isinstance(item, (list, tuple)) else (item, None))
+            x = x.to(self.device, non_blocking=cuda).float()
+            u = u.to(self.device, dtype=torch.float32, non_blocking=cuda) if u is not None else None
+            yield x, u

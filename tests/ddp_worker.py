@@ -1,0 +1,67 @@
+"""One rank of the data-parallel test (tests/test_distributed.py), launched as
+
+    torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py --out DIR [--mean-guide] [--run-dir RUN]
+
+Trains the tiny model (tests/tiny.py, a --> b --> c) with a global batch of 8 and writes this rank's
+parameters to DIR/rank<r>.pt. ``train`` is also called in-process by the test for the single-process
+reference with the same global batch.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tiny import params, tiny_dataset, tiny_model  # noqa: E402
+
+from pyro_causalvae import CausalVAE, fit  # noqa: E402
+from pyro_causalvae.queries import posterior_mean  # noqa: E402
+
+SETTINGS = dict(batch_size=8, seed=3, al_every=2, warm_start_steps=50, progress=False)
+
+
+@contextlib.contextmanager
+def mean_guide():
+    """The guide's noise at its posterior mean: the loss without Monte-Carlo noise, so that one process and
+    two ranks (whose noise draws differ) compute the same gradients up to float rounding."""
+    orig = CausalVAE.guide
+
+    def guide(self, *args, **kwargs):
+        return posterior_mean(lambda *a, **k: orig(self, *a, **k))(*args, **kwargs)
+
+    CausalVAE.guide = guide
+    try:
+        yield
+    finally:
+        CausalVAE.guide = orig
+
+
+def train(epochs: int = 2, run: str | None = None, mean: bool = False, resume: bool = False, **kw):
+    torch.manual_seed(0)  # the initial weights (DDP also broadcasts rank 0's)
+    model = tiny_model()
+    with mean_guide() if mean else contextlib.nullcontext():
+        hist = fit(model, tiny_dataset(n=32), epochs=epochs, out_dir=run, resume=resume, **{**SETTINGS, **kw})
+    return model, hist
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--run-dir")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--mean-guide", action="store_true")
+    ap.add_argument("--checkpoint-every", type=int, default=200)
+    args = ap.parse_args()
+    model, hist = train(args.epochs, args.run_dir, args.mean_guide, checkpoint_every=args.checkpoint_every)
+    rank = torch.distributed.get_rank()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"params": params(model), "order": list(model.order)}, out / f"rank{rank}.pt")
+    (out / f"history{rank}.json").write_text(json.dumps({"rows": hist.rows, "graph_search": hist.graph_search}))
