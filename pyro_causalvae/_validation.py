@@ -8,9 +8,11 @@ torch.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 
 import networkx as nx
+import numpy as np
 import torch
 
 GraphLike = nx.DiGraph | Iterable[tuple[str, str]] | None
@@ -30,6 +32,90 @@ def check_concepts(concepts: Sequence[str]) -> tuple[str, ...]:
     if dup:
         raise ValueError(f"duplicate concept names: {dup}")
     return names
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` if it is an ``int`` >= 1 (``bool`` refused), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(value: object, name: str) -> float:
+    """``value`` as a float if it is a real number in (0, inf) (``bool`` refused), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < float(value) < math.inf):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_real_vector(value: object, k: int, what: str, *, broadcast: bool = False) -> torch.Tensor:
+    """``value`` as a finite float32 CPU tensor of shape ``[k]``, or ``ValueError`` naming ``what``.
+
+    Refuses strings, complex numbers and non-numeric arrays (rather than letting numpy or torch parse or
+    silently cast them). ``broadcast=True`` expands a scalar to ``[k]``.
+    """
+    if torch.is_tensor(value):
+        if value.is_complex():
+            raise ValueError(f"{what} must be real numbers, got a complex tensor")
+        arr = value.detach().cpu().to(torch.float64).numpy()
+    else:
+        if isinstance(value, (str, bytes)):
+            raise ValueError(f"{what} must be {k} numbers, got {value!r}")
+        try:
+            raw = np.asarray(value)
+        except (TypeError, ValueError) as err:  # ragged nested lists
+            raise ValueError(f"{what} must be {k} numbers, got {value!r}") from err
+        if raw.dtype.kind == "c":
+            raise ValueError(f"{what} must be real numbers, got complex values {value!r}")
+        if raw.dtype.kind not in "biuf":
+            raise ValueError(f"{what} must be {k} numbers, got {value!r}")
+        arr = raw.astype(np.float64)
+    t = torch.as_tensor(arr, dtype=torch.float32)
+    if broadcast and t.dim() == 0:
+        t = t.expand(k).clone()
+    if t.shape != (k,):
+        raise ValueError(f"{what} must have shape [{k}] (one value per concept), got shape {list(t.shape)}")
+    check_finite(t, what)
+    return t
+
+
+def check_scale(scale: torch.Tensor, what: str, concepts: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless every entry of ``scale`` is > 0 and ``1 / scale`` is finite in float32."""
+    bad = ~(scale > 0)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{what} must be positive, got {float(scale[i])} for concept {concepts[i]!r}")
+    tiny = ~torch.isfinite(1.0 / scale)
+    if tiny.any():
+        i = int(tiny.nonzero()[0, 0])
+        raise ValueError(
+            f"{what} is too small for concept {concepts[i]!r}: {float(scale[i])!r} (1 / {what} overflows float32)"
+        )
+
+
+def check_edges(edges: object, concepts: Sequence[str], what: str) -> list[tuple[str, str]]:
+    """``edges`` (an iterable of ``(parent, child)`` pairs of concept names) as a list, or ``ValueError``."""
+    if isinstance(edges, (str, bytes)) or isinstance(edges, Mapping):
+        raise ValueError(f"{what} must be a list of (parent, child) pairs, got {edges!r}")
+    try:
+        items = list(edges)
+    except TypeError as err:
+        raise ValueError(f"{what} must be a list of (parent, child) pairs, got {edges!r}") from err
+    out = []
+    for e in items:
+        if isinstance(e, (str, bytes)):
+            raise ValueError(f"each {what} edge must be a (parent, child) pair, got {e!r}")
+        try:
+            pair = tuple(e)
+        except TypeError as err:
+            raise ValueError(f"each {what} edge must be a (parent, child) pair, got {e!r}") from err
+        if len(pair) != 2:
+            raise ValueError(f"each {what} edge must be a (parent, child) pair, got {e!r}")
+        for n in pair:
+            if not isinstance(n, str) or n not in concepts:
+                raise ValueError(f"{what} edge {e!r} names {n!r}, which is not a concept; concepts are {list(concepts)}")
+        out.append((pair[0], pair[1]))
+    return out
 
 
 def check_graph(graph: GraphLike, concepts: Sequence[str]) -> nx.DiGraph | None:
@@ -91,6 +177,8 @@ def check_do(do: Mapping[str, object], concepts: Sequence[str], n: int | None = 
     for name, value in do.items():
         if name not in concepts:
             raise ValueError(f"unknown concept {name!r} in do; concepts are {list(concepts)}")
+        if isinstance(value, (str, bytes, bool)) or (torch.is_tensor(value) and value.is_complex()):
+            raise ValueError(f"do[{name!r}] must be a number or a 1-d tensor, got {value!r}")
         try:
             t = torch.as_tensor(value, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError) as err:
@@ -101,9 +189,17 @@ def check_do(do: Mapping[str, object], concepts: Sequence[str], n: int | None = 
                 f"got shape {list(t.shape)}"
             )
         if not torch.isfinite(t).all():
-            raise ValueError(f"do[{name!r}] is not finite: {value!r}")
+            raise ValueError(f"do[{name!r}] is not finite (as float32): {_show(value)}")
         out[name] = t
     return out
+
+
+def _show(value: object) -> str:
+    """A short readable form of a number or tensor for error messages."""
+    if torch.is_tensor(value):
+        value = value.detach().cpu().tolist()
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def check_finite(t: torch.Tensor, what: str) -> None:

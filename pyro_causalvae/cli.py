@@ -1,6 +1,9 @@
 """Command line: ``pyro-causalvae demo | train | intervene | counterfactual | evaluate`` (also ``python -m pyro_causalvae``).
 
 Errors are printed as one readable line (exit status 2); ``--debug`` shows the traceback.
+
+Data-parallel: ``torchrun --nproc_per_node N -m pyro_causalvae train ...`` (``--batch-size`` is the global
+batch); rank 0 prints, writes the checkpoints and the figures.
 """
 
 from __future__ import annotations
@@ -41,8 +44,14 @@ def _graph_arg(text: str | None, dataset):
     if path.suffix == ".json":
         if not path.is_file():
             raise FileNotFoundError(f"--graph file {path} does not exist")
-        data = json.loads(path.read_text())
-        edges = data["edges"] if isinstance(data, dict) else data
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--graph file {path} is not valid JSON: {err}") from err
+        edges = data.get("edges") if isinstance(data, dict) else data
+        if not isinstance(edges, list) or not all(isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(c, str) for c in e)
+                                                  for e in edges):
+            raise ValueError(f'--graph file {path} must hold a list of [parent, child] pairs (or {{"edges": [...]}})')
         return [tuple(e) for e in edges]
     return _edges(text)
 
@@ -79,7 +88,7 @@ def load_dataset(args, split: str = "train"):
     if name == "celeba":
         if args.root is None:
             raise ValueError("--dataset celeba needs --root (the folder with img_align_celeba/ and list_attr_celeba.txt)")
-        return datasets.CelebA(args.root, subset=args.subset, split=split, size=size, preload=True)
+        return datasets.CelebA(args.root, subset=args.subset, split=split, size=size, preload=False)  # read by DataLoader workers
     if name == "folder":
         if args.root is None or args.labels is None:
             raise ValueError("--dataset folder needs --root IMAGE_FOLDER and --labels LABELS.csv")
@@ -107,7 +116,10 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--concept-dim", type=int, default=4)
     p.add_argument("--graph", default="learn", help="learn | true | edges 'a->b,b->c' | edges.json")
     p.add_argument("--weight", action="append", metavar="NAME=VALUE", help="loss weight, e.g. --weight kl=0.5 (repeatable)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (under torchrun: cuda:LOCAL_RANK on each rank)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast the loss to bfloat16")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for images read from disk (celeba)")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: epoch ends only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data split")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -125,11 +137,21 @@ def _do_arg(items: list[str]) -> dict[str, float]:
         if "=" not in item:
             raise ValueError(f"--do {item!r} must be CONCEPT=VALUE")
         k, v = item.split("=", 1)
+        if k.strip() in do:
+            raise ValueError(f"--do {k.strip()} is given twice")
         try:
             do[k.strip()] = float(v)
         except ValueError as err:
             raise ValueError(f"--do {item!r}: {v!r} is not a number") from err
     return do
+
+
+def _data_section(cfg: dict, run_dir) -> dict:
+    """The run's ``"data"`` section of config.json (how to rebuild its dataset)."""
+    data = cfg.get("data", {}) if isinstance(cfg, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError(f"{Path(run_dir) / 'config.json'}: the \"data\" section must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _query_image(args, model, cfg):
@@ -143,7 +165,10 @@ def _query_image(args, model, cfg):
         if tuple(x.shape[1:]) != model.image_shape:
             raise ValueError(f"--image {args.image} has shape {tuple(x.shape[1:])} but the model expects {model.image_shape} (C, H, W)")
         return x.float() / 255.0
-    data = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0, **cfg.get("data", {})})
+    data = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0,
+                                 **_data_section(cfg, args.run_dir)})
+    if getattr(data, "dataset", None) is None:
+        raise ValueError(f"{args.run_dir}: config.json names no dataset; pass --image FILE")
     if data.dataset == "folder":
         data.size = None
     ds = load_dataset(data, "test") or load_dataset(data, "train")
@@ -166,6 +191,8 @@ def run_intervene(args) -> int:
             raise ValueError(f"unknown concept {c!r}; the model's concepts are {list(model.concepts)}")
     if args.values and len(concepts) != 1:
         raise ValueError("--values applies to one --concept; use --sweep for several")
+    if not args.values and args.sweep < 1:
+        raise ValueError(f"--sweep must be >= 1, got {args.sweep}")
     x = _query_image(args, model, cfg)
     values = {c: (args.values if args.values else sweep_values(model, c, args.sweep)) for c in concepts}
     grid = intervention_grid(model, x, values)
@@ -206,7 +233,10 @@ def run_evaluate(args) -> int:
 
     model = load_model(args.run_dir)
     cfg = read_json(Path(args.run_dir) / CONFIG)
-    data = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0, **cfg.get("data", {})})
+    data = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0,
+                                 **_data_section(cfg, args.run_dir)})
+    if getattr(data, "dataset", None) is None:
+        raise ValueError(f"{args.run_dir}: config.json names no dataset to evaluate on")
     split = "test"
     ds = load_dataset(data, "test")
     if ds is None:
@@ -259,32 +289,50 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--out", help="JSON to write (default: RUN_DIR/metrics.json)")
     for p in (demo, train, inter, cf, ev):
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
+
+
+def _check_graph_args(args) -> None:
+    import math
+
+    for name in ("threshold", "relative"):
+        v = getattr(args, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"--{name} must be a finite number >= 0, got {v}")
 
 
 def run_training(args, dataset_args) -> int:
     import pyro
+    import torch
 
-    from . import plotting
+    from . import distributed, plotting
     from .metrics import edge_precision_recall, shd
     from .model import CausalVAE
     from .train import fit
 
+    _check_graph_args(args)
+    main_rank = distributed.env_rank() == 0
+    say = print if main_rank else (lambda *a, **k: None)
     weights = _weights(args.weight)
     t0 = time.perf_counter()
     train = load_dataset(dataset_args, "train")
     test = load_dataset(dataset_args, "test")
-    print(f"data: {train!r} ({time.perf_counter() - t0:.1f} s)")
+    say(f"data: {train!r} ({time.perf_counter() - t0:.1f} s)")
     graph = _graph_arg(args.graph, train)
     pyro.set_rng_seed(args.seed)  # the initial weights too
     model = CausalVAE(train.concepts, train.image_shape, concept_dim=args.concept_dim, graph=graph,
                       label_loc=train.label_loc, label_scale=train.label_scale)
     out = Path(args.out)
     history = fit(model, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights,
-                  device=args.device, seed=args.seed, out_dir=out, resume=args.resume, progress=not args.no_progress,
+                  device=args.device, seed=args.seed, out_dir=out, resume=args.resume, progress=not args.no_progress and main_rank,
+                  checkpoint_every=args.checkpoint_every, precision=args.precision, num_workers=args.workers,
                   extra_config={"data": {k: v for k, v in vars(dataset_args).items() if k in
                                          ("dataset", "root", "labels", "subset", "noise", "size", "data_seed")}})
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if not main_rank:
+        return 0
     model.cpu()
     last = history.last()
     print(f"trained {last['epoch']} epochs: loss {last['loss']:.1f}, recon {last['recon']:.1f}, "
@@ -298,11 +346,13 @@ def run_training(args, dataset_args) -> int:
         p, r = edge_precision_recall(learned, train.graph)
         print(f"vs the true graph: SHD {shd(learned, train.graph)}, precision {p:.2f}, recall {r:.2f}")
     evalset = test if test is not None else train
-    x = evalset.images[:8].float() / 255.0 if evalset.images is not None else None
+    if evalset.images is not None:
+        x = evalset.images[:8].float() / 255.0
+    else:  # read from disk
+        x = torch.stack([evalset[i][0] for i in range(min(8, len(evalset)))]).cpu()
     figs = [plotting.plot_losses(history, out / "losses.png"),
-            plotting.plot_graph(learned, out / "graph.png", true_graph=train.graph)]
-    if x is not None:
-        figs.append(plotting.plot_reconstructions(x, model.reconstruct(x), out / "reconstructions.png"))
+            plotting.plot_graph(learned, out / "graph.png", true_graph=train.graph),
+            plotting.plot_reconstructions(x, model.reconstruct(x), out / "reconstructions.png")]
     print("figures:", ", ".join(str(f) for f in figs))
     return 0
 

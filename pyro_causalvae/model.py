@@ -10,6 +10,8 @@ References:
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from collections.abc import Sequence
 
 import networkx as nx
@@ -20,9 +22,39 @@ from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 from torch.nn import functional as F
 
-from ._validation import check_concepts, check_finite
+from ._validation import (
+    check_concepts,
+    check_edges,
+    check_positive_float,
+    check_positive_int,
+    check_real_vector,
+    check_scale,
+)
 from .dag import AugmentedLagrangian, GraphSpec, acyclicity, causal_order, order_mask, to_networkx
 from .nets import ConvDecoder, ConvEncoder, Mechanisms, MLPDecoder, MLPEncoder, check_image_size
+
+
+def _check_image_shape(image_shape) -> tuple[int, ...]:
+    """``image_shape`` as a tuple of positive ints, ``(C, H, W)`` or ``(D,)``, or ``ValueError``."""
+    try:
+        if isinstance(image_shape, (str, bytes, dict)):
+            raise TypeError
+        items = list(image_shape)
+    except TypeError:
+        raise ValueError(f"image_shape must be a sequence (C, H, W) or (D,) of positive integers, got {image_shape!r}") from None
+    for s in items:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise ValueError(f"image_shape must be (C, H, W) or (D,) of positive integers, got {tuple(items)!r}")
+    shape = tuple(int(s) for s in items)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise ValueError(f"image_shape must be (C, H, W) or (D,) of positive integers, got {shape}")
+    return shape
+
+
+#: keys of :meth:`CausalVAE.config` (``from_config`` refuses others)
+_CONFIG_REQUIRED = ("concepts", "image_shape", "graph_spec")
+_CONFIG_OPTIONAL = ("concept_dim", "channels", "hidden", "mechanism_hidden", "pixel_scale", "label_noise",
+                    "label_loc", "label_scale")
 
 
 def noise_site(concept: str) -> str:
@@ -67,11 +99,17 @@ class CausalVAE(PyroModule):
     :param graph: ``"learn"`` (default), or a known ``networkx.DiGraph`` / edge list that fixes A's support.
     :param required: edges that a learned graph must contain.
     :param forbidden: edges that a learned graph must not contain.
-    :param channels: conv channels; ``hidden``: width of MLP layers; ``mechanism_hidden``: width of g_i.
+    :param channels: conv channels of the encoder and decoder.
+    :param hidden: width of the MLP layers.
+    :param mechanism_hidden: width of the mechanisms g_i.
     :param pixel_scale: std of the Normal likelihood of the pixels (images in [0, 1]).
     :param label_noise: std ``sigma_u`` of the labels given the concept blocks (normalised units).
     :param label_loc: ``[K]`` centre of each label's natural units (for unit conversion), default 0.
     :param label_scale: ``[K]`` half-range of each label's natural units, default 1.
+    :raises ValueError: for any bad argument, before any network is built (the message names the argument
+        and the value): concept names, ``image_shape``, non-integer or non-positive sizes, non-positive or
+        non-finite scales, a graph / required / forbidden edge naming an unknown concept, a cycle, or
+        label units of the wrong shape.
     """
 
     def __init__(
@@ -91,21 +129,28 @@ class CausalVAE(PyroModule):
         label_scale: Sequence[float] | torch.Tensor | None = None,
     ):
         super().__init__()
+        # Every argument is checked before any network is built (one readable ValueError).
         self.concepts = check_concepts(concepts)
         K = len(self.concepts)
-        image_shape = tuple(int(s) for s in image_shape)
+        image_shape = _check_image_shape(image_shape)
         if len(image_shape) == 3:
-            check_image_size(image_shape)
-        elif len(image_shape) != 1 or image_shape[0] < 1:
-            raise ValueError(f"image_shape must be (C, H, W) or (D,), got {image_shape}")
-        for name, v in [("concept_dim", concept_dim), ("channels", channels), ("hidden", hidden), ("mechanism_hidden", mechanism_hidden)]:
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            try:
+                check_image_size(image_shape)
+            except ValueError as err:
+                raise ValueError(f"image_shape {image_shape} is not supported: {err}") from None
+        concept_dim, channels, hidden, mechanism_hidden = (
+            check_positive_int(v, name) for name, v in
+            [("concept_dim", concept_dim), ("channels", channels), ("hidden", hidden), ("mechanism_hidden", mechanism_hidden)]
+        )
         if channels % 2:
             raise ValueError(f"channels must be even, got {channels}")
-        for name, v in [("pixel_scale", pixel_scale), ("label_noise", label_noise)]:
-            if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
-                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        pixel_scale = check_positive_float(pixel_scale, "pixel_scale")
+        label_noise = check_positive_float(label_noise, "label_noise")
+        required = check_edges(required, self.concepts, "required")
+        forbidden = check_edges(forbidden, self.concepts, "forbidden")
+        loc = torch.zeros(K) if label_loc is None else check_real_vector(label_loc, K, "label_loc")
+        scale = torch.ones(K) if label_scale is None else check_real_vector(label_scale, K, "label_scale")
+        check_scale(scale, "label_scale", self.concepts)
         self.spec = GraphSpec.build(self.concepts, graph, required, forbidden)
         self.image_shape = image_shape
         self.concept_dim = int(concept_dim)
@@ -143,14 +188,6 @@ class CausalVAE(PyroModule):
         self.register_buffer("order_penalty", torch.zeros(K, K))
         # Set once A has been started from a causal order, so that a second fit() continues from it.
         self.order_initialised = False
-        loc = torch.zeros(K) if label_loc is None else torch.as_tensor(label_loc, dtype=torch.float32)
-        scale = torch.ones(K) if label_scale is None else torch.as_tensor(label_scale, dtype=torch.float32)
-        if loc.shape != (K,) or scale.shape != (K,):
-            raise ValueError(f"label_loc and label_scale must have shape [{K}], got {list(loc.shape)} and {list(scale.shape)}")
-        check_finite(loc, "label_loc")
-        check_finite(scale, "label_scale")
-        if (scale <= 0).any():
-            raise ValueError("label_scale must be positive")
         self.register_buffer("label_loc", loc)
         self.register_buffer("label_scale", scale)
 
@@ -228,7 +265,12 @@ class CausalVAE(PyroModule):
         overall scale of ``A`` is traded against the networks' weights under the L1 penalty, so a fixed
         absolute cut is not meaningful across concepts). ``relative=0`` gives a plain absolute threshold.
         Required (and known) edges are always included. Edge attribute ``weight`` holds ``A[j, i]``.
+
+        :raises ValueError: unless ``threshold`` and ``relative`` are finite numbers >= 0.
         """
+        for name, v in (("threshold", threshold), ("relative", relative)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= float(v) < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         g = to_networkx(self.adjacency, self.concepts, threshold, relative)
         A = self.adjacency.detach().cpu()
         for j, i in self.required_edges.nonzero().tolist():
@@ -248,24 +290,60 @@ class CausalVAE(PyroModule):
 
     @classmethod
     def from_config(cls, cfg: dict) -> "CausalVAE":
-        cfg = json.loads(json.dumps(cfg))
+        """Rebuild a model from :meth:`config` (e.g. the ``"model"`` entry of a run's ``config.json``).
+
+        :raises ValueError: if ``cfg`` is not such a dict: missing or unknown keys, a malformed
+            ``graph_spec``, or any argument the constructor refuses (the message names it).
+        """
+        if not isinstance(cfg, dict):
+            raise ValueError(f"model config must be a JSON object (dict), got {type(cfg).__name__}")
+        try:
+            cfg = json.loads(json.dumps(cfg, allow_nan=False))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model config is not plain JSON (finite numbers, strings, lists, dicts): {err}") from err
+        missing = [k for k in _CONFIG_REQUIRED if k not in cfg]
+        unknown = sorted(k for k in cfg if k not in _CONFIG_REQUIRED + _CONFIG_OPTIONAL)
+        if missing or unknown:
+            raise ValueError(
+                f"model config has missing key(s) {missing} and unknown key(s) {unknown}; "
+                f"expected {list(_CONFIG_REQUIRED)} and optionally {list(_CONFIG_OPTIONAL)}"
+            )
         spec = cfg.pop("graph_spec")
-        g = "learn" if spec.get("known") is None else [tuple(e) for e in spec["known"]]
-        return cls(graph=g, required=[tuple(e) for e in spec["required"]], forbidden=[tuple(e) for e in spec["forbidden"]], **cfg)
+        if not isinstance(spec, dict) or set(spec) != {"known", "required", "forbidden"}:
+            raise ValueError(
+                "model config: graph_spec must be an object with exactly the keys 'known', 'required' and "
+                f"'forbidden', got {spec!r}"
+            )
+        for key in ("known", "required", "forbidden"):
+            if not (isinstance(spec[key], list) or (key == "known" and spec[key] is None)):
+                raise ValueError(f"model config: graph_spec[{key!r}] must be a list of [parent, child] edges, got {spec[key]!r}")
+        g = "learn" if spec["known"] is None else check_edges(spec["known"], check_concepts(cfg["concepts"]), "graph_spec['known']")
+        return cls(graph=g, required=spec["required"], forbidden=spec["forbidden"], **cfg)
 
     # ------------------------------------------------------------------ units
+    def _concept_index(self, concept: str) -> int:
+        if concept not in self.concepts:
+            raise ValueError(f"unknown concept {concept!r}; concepts are {list(self.concepts)}")
+        return self.concepts.index(concept)
+
     def normalise(self, values: torch.Tensor, concept: str | None = None) -> torch.Tensor:
-        """Natural label units -> the model's normalised units (``[..., K]``, or one concept's values)."""
+        """Natural label units -> the model's normalised units (``[..., K]``, or one concept's values).
+
+        :raises ValueError: for an unknown ``concept``.
+        """
         if concept is None:
             return (values - self.label_loc) / self.label_scale
-        i = self.concepts.index(concept)
+        i = self._concept_index(concept)
         return (values - self.label_loc[i]) / self.label_scale[i]
 
     def denormalise(self, values: torch.Tensor, concept: str | None = None) -> torch.Tensor:
-        """Normalised units -> natural label units."""
+        """Normalised units -> natural label units.
+
+        :raises ValueError: for an unknown ``concept``.
+        """
         if concept is None:
             return values * self.label_scale + self.label_loc
-        i = self.concepts.index(concept)
+        i = self._concept_index(concept)
         return values * self.label_scale[i] + self.label_loc[i]
 
     # ------------------------------------------------------------------ structural equations

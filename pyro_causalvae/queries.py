@@ -33,6 +33,11 @@ def _positive_int(v, name: str) -> int:
     return v
 
 
+def _fmt(v: torch.Tensor) -> str:
+    vals = [f"{float(x):.6g}" for x in v.reshape(-1)[:8].tolist()]
+    return vals[0] if v.dim() == 0 else "[" + ", ".join(vals) + (", ..." if v.numel() > 8 else "") + "]"
+
+
 def _do_values(model: CausalVAE, do: Mapping[str, object], units: str, n: int | None) -> dict[str, torch.Tensor]:
     """Validate ``do`` and convert it to the model's normalised units (``{concept: [] or [n]}``)."""
     if units not in ("natural", "normalised"):
@@ -42,6 +47,11 @@ def _do_values(model: CausalVAE, do: Mapping[str, object], units: str, n: int | 
     for c, v in values.items():
         v = v.to(model.label_loc.device)
         norm = model.normalise(v, c) if units == "natural" else v
+        if not torch.isfinite(norm).all():
+            raise ValueError(
+                f"do[{c!r}] = {_fmt(v)} overflows float32 in the model's normalised units "
+                f"((value - label_loc) / label_scale); give a value near the concept's observed range"
+            )
         if (norm.abs() > 1.05).any():
             shown = model.denormalise(norm, c) if units == "natural" else norm
             lo, hi = (model.denormalise(torch.tensor([-1.0, 1.0], device=norm.device), c).tolist() if units == "natural" else (-1.0, 1.0))
@@ -63,6 +73,8 @@ def check_images(model: CausalVAE, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(0)
     if tuple(x.shape[1:]) != model.image_shape or x.shape[0] == 0:
         raise ValueError(f"x must have shape [N, {', '.join(map(str, model.image_shape))}], got {list(x.shape)}")
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor with values in [0, 1] or a uint8 tensor, got dtype {x.dtype}")
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     else:
@@ -71,6 +83,18 @@ def check_images(model: CausalVAE, x: torch.Tensor) -> torch.Tensor:
         if x.min() < 0 or x.max() > 1:
             raise ValueError(f"x must hold values in [0, 1] (or be uint8), got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x.to(model.label_loc.device)
+
+
+def _check_outputs(model: CausalVAE, out: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """Raise ``ValueError`` instead of returning non-finite images or concepts (never silent NaN)."""
+    bad = [k for k, v in out.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            cause = "the model's parameters hold NaN or inf (a diverged or corrupt model)"
+        else:
+            cause = "the do values are too far outside the concepts' observed range for the networks"
+        raise ValueError(f"{what} gave non-finite {', '.join(bad)}: {cause}")
+    return out
 
 
 def _concepts(trace) -> torch.Tensor:
@@ -102,13 +126,17 @@ def intervene(model: CausalVAE, do: Mapping[str, object], num_samples: int = 16,
     :param units: ``"natural"`` (the dataset's label units) or ``"normalised"``.
     :returns: ``{"images": [S, C, H, W] decoder means in [0, 1], "concepts": [S, K] concept values in
         ``units``}``.
+    :raises ValueError: for an unknown concept, a non-finite value or one of the wrong shape, a value that
+        overflows in normalised units, bad ``num_samples`` / ``units``, or an output that would not be
+        finite (never returned silently).
     """
     num_samples = _positive_int(num_samples, "num_samples")
     do_norm = _do_values(model, do, units, num_samples)
     with pyro.validation_enabled(False):
         tr = poutine.trace(poutine.do(model.model, data=do_norm)).get_trace(None, None, num_samples)
     z = _concepts(tr)
-    return {"images": tr.nodes["x"]["fn"].mean, "concepts": model.denormalise(z) if units == "natural" else z}
+    out = {"images": tr.nodes["x"]["fn"].mean, "concepts": model.denormalise(z) if units == "natural" else z}
+    return _check_outputs(model, out, "intervene")
 
 
 @torch.no_grad()
@@ -138,6 +166,9 @@ def counterfactual(
     :param num_samples: abduction samples per image.
     :returns: ``{"images": [S, N, C, H, W], "concepts": [S, N, K], "factual_images": [S, N, C, H, W],
         "factual_concepts": [S, N, K]}``; concepts in ``units``.
+    :raises ValueError: for images of the wrong shape or dtype, NaN or out-of-range pixels, a bad ``do``
+        (as in :func:`intervene`), bad ``num_samples`` / ``units`` / ``abduction``, or an output that would
+        not be finite.
     """
     x = check_images(model, x)
     num_samples = _positive_int(num_samples, "num_samples")
@@ -163,7 +194,7 @@ def counterfactual(
         z = _concepts(tr)
         out[key + "images"] = shaped(tr.nodes["x"]["fn"].mean)
         out[key + "concepts"] = shaped(model.denormalise(z) if units == "natural" else z)
-    return out
+    return _check_outputs(model, out, "counterfactual")
 
 
 def sweep_values(model: CausalVAE, concept: str, num: int = 7) -> torch.Tensor:
@@ -187,15 +218,29 @@ def intervention_grid(
     :param values: ``{concept: values}`` in natural units; default: every concept swept over its
         observed range with ``num`` values.
     :returns: ``{concept: (values [n], counterfactual images [n, C, H, W])}`` in row order.
+    :raises ValueError: for more than one image, ``values`` that is not a dict of numbers / 1-d sequences
+        over known concepts, or any error of :func:`counterfactual`.
     """
     x = check_images(model, x)
     if x.shape[0] != 1:
         raise ValueError(f"intervention_grid takes one image, got {x.shape[0]}")
     if values is None:
         values = {c: sweep_values(model, c, num) for c in model.concepts}
+    if not isinstance(values, Mapping):
+        raise ValueError(f"values must be a dict {{concept: values}}, got {type(values).__name__}")
     grid = {}
     for c, vals in values.items():
-        vals = torch.as_tensor(vals, dtype=torch.float32, device=model.label_loc.device).reshape(-1)
+        if c not in model.concepts:
+            raise ValueError(f"unknown concept {c!r} in values; concepts are {list(model.concepts)}")
+        if isinstance(vals, (str, bytes)):
+            raise ValueError(f"values[{c!r}] must be numbers, got {vals!r}")
+        try:
+            vals = torch.as_tensor(vals, dtype=torch.float32, device=model.label_loc.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"values[{c!r}] must be a number or a 1-d sequence of numbers, got {vals!r}") from err
+        if vals.dim() > 1:
+            raise ValueError(f"values[{c!r}] must be a number or a 1-d sequence of numbers, got shape {list(vals.shape)}")
+        vals = vals.reshape(-1)
         if vals.numel() == 0:
             raise ValueError(f"no values given for concept {c!r}")
         out = counterfactual(model, x.expand(vals.numel(), *x.shape[1:]), {c: vals})

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .._validation import GraphLike, check_concepts, check_finite, check_graph
+from .._validation import GraphLike, check_concepts, check_finite, check_graph, check_real_vector, check_scale
 from . import io as _io
 
 PathLike = str | os.PathLike
@@ -36,18 +36,7 @@ def _is_path(x: object) -> bool:
 
 def _as_vector(value, k: int, what: str) -> torch.Tensor:
     """``value`` as a finite float32 tensor of shape ``[k]`` (a scalar is broadcast), or ``ValueError``."""
-    if torch.is_tensor(value):
-        value = value.detach().cpu()
-    try:
-        t = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=torch.float32)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{what} must be {k} numbers, got {value!r}") from err
-    if t.dim() == 0:
-        t = t.expand(k).clone()
-    if t.shape != (k,):
-        raise ValueError(f"{what} must have shape [{k}] (one value per concept), got shape {list(t.shape)}")
-    check_finite(t, what)
-    return t
+    return check_real_vector(value, k, what, broadcast=True)
 
 
 class ConceptImageDataset(Dataset):
@@ -129,7 +118,8 @@ class ConceptImageDataset(Dataset):
         if label_loc is not None:
             loc = _as_vector(label_loc, k, "label_loc")
         elif label_t is not None and label_t.shape[0] > 0:
-            loc = (label_t.amin(0) + label_t.amax(0)) / 2
+            # halves first: (min + max) would overflow float32 for labels near its largest value
+            loc = label_t.amin(0) / 2 + label_t.amax(0) / 2
         else:
             loc = torch.zeros(k)
         if label_scale is not None:
@@ -139,11 +129,14 @@ class ConceptImageDataset(Dataset):
                 raise ValueError(
                     f"label_scale must be > 0, got {float(scale[bad])} for concept {concepts[bad]!r}"
                 )
+            check_scale(scale, "label_scale", concepts)
         elif label_t is not None and label_t.shape[0] > 0:
-            scale = (label_t.amax(0) - label_t.amin(0)) / 2
+            scale = label_t.amax(0) / 2 - label_t.amin(0) / 2
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         else:
             scale = torch.ones(k)
+        if label_t is not None:
+            _check_normalised(label_t, loc, scale, concepts)
 
         # --- images ----------------------------------------------------------------------------------
         if _is_path(images):
@@ -364,6 +357,18 @@ def _check_label_columns(labels: torch.Tensor, concepts: Sequence[str]) -> None:
         )
 
 
+def _check_normalised(labels: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, concepts: Sequence[str]) -> None:
+    """Raise ``ValueError`` if ``(labels - loc) / scale`` overflows float32 (the model would see inf)."""
+    bad = ~torch.isfinite((labels - loc) / scale)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"labels of concept {concepts[col]!r} (column {col}) overflow float32 when normalised: "
+            f"({float(labels[row, col])} - label_loc {float(loc[col])}) / label_scale {float(scale[col])} in row {row}; "
+            "rescale the labels or pass label_loc / label_scale"
+        )
+
+
 def _images_tensor(images) -> torch.Tensor:
     """Tensor/array images as a uint8 tensor ``[N, C, H, W]``, validated."""
     if torch.is_tensor(images):
@@ -371,6 +376,8 @@ def _images_tensor(images) -> torch.Tensor:
     elif isinstance(images, np.ndarray):
         if images.dtype == object:
             raise ValueError("images must be a numeric array, got an object array")
+        if images.dtype.kind not in "biufc":
+            raise ValueError(f"images must be a numeric array, got an array of dtype {images.dtype}")
         t = torch.as_tensor(np.ascontiguousarray(images))
     else:
         raise ValueError(

@@ -70,11 +70,12 @@ _DEFAULT_GRAPH = object()
 
 
 def _layout(base: Path) -> str:
+    # one line: the command line prints an error as one line
     return (
-        "expected CelebA's own layout (the 'Align&Cropped Images' download), in root or in root/celeba:\n"
-        f"  {os.fspath(base / _IMG_DIR)}/000001.jpg ...  (the aligned 178x218 JPEG images)\n"
-        f"  {os.fspath(base / _ATTR_FILE)}  (attribute labels)\n"
-        f"  {os.fspath(base / _PART_FILE)}  (train/valid/test partition; not needed for split='all')"
+        "expected CelebA's own layout (the 'Align&Cropped Images' download), in root or in root/celeba: "
+        f"{os.fspath(base / _IMG_DIR)}/000001.jpg ... (the aligned 178x218 JPEG images), "
+        f"{os.fspath(base / _ATTR_FILE)} (attribute labels), "
+        f"{os.fspath(base / _PART_FILE)} (train/valid/test partition; not needed for split='all')"
     )
 
 

@@ -517,8 +517,15 @@ def import_folder(path) -> ConceptImageDataset:
         raise ValueError(f"dataset folder {os.fspath(root)!r}: invalid JSON: {err}") from err
     if not isinstance(graph_info, dict) or "concepts" not in graph_info or "edges" not in graph_info:
         raise ValueError(f"{os.fspath(graph_path)!r} must hold an object with 'concepts' and 'edges'")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{os.fspath(meta_path)!r} must hold a JSON object, got {type(meta).__name__}")
     concepts = graph_info["concepts"]
-    edges = None if graph_info["edges"] is None else [tuple(e) for e in graph_info["edges"]]
+    raw_edges = graph_info["edges"]
+    if raw_edges is not None and not (
+        isinstance(raw_edges, list) and all(isinstance(e, list) and len(e) == 2 for e in raw_edges)
+    ):
+        raise ValueError(f"{os.fspath(graph_path)!r}: 'edges' must be null or a list of [parent, child] pairs, got {raw_edges!r}")
+    edges = None if raw_edges is None else [tuple(e) for e in raw_edges]
     header, _ = _read_csv_rows(csv_path)
     labelled = any(h.strip() != _FILENAME for h in header)
     kwargs = {

@@ -22,6 +22,17 @@ import networkx as nx
 import numpy as np
 
 
+def _finite(a, name: str) -> np.ndarray:
+    """``a`` as a float array, or ``ValueError`` for non-numeric or non-finite values (named)."""
+    try:
+        arr = np.asarray(a, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be numeric: {err}") from None
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return arr
+
+
 def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Coefficient of determination ``1 - SS_res / SS_tot`` of ``[n]`` arrays (``nan`` if ``y_true`` is constant)."""
     y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
@@ -44,20 +55,29 @@ def intervention_scores(
     """Scores of one intervention ``do(target = do_value)`` (see the module docstring).
 
     :param do_value: ``[n]`` intended values (normalised units).
-    :param factual_labels, true_cf_labels, judged_factual, judged_cf: ``[n, K]`` normalised labels: the
-        true factual labels, the simulator's counterfactual labels, and the judge's reading of the
-        model's reconstruction and counterfactual images.
+    :param factual_labels: ``[n, K]`` the true factual labels (normalised units).
+    :param true_cf_labels: ``[n, K]`` the simulator's counterfactual labels.
+    :param judged_factual: ``[n, K]`` the judge's reading of the model's reconstructions.
+    :param judged_cf: ``[n, K]`` the judge's reading of the model's counterfactual images.
+    :raises ValueError: for an unknown target, a graph over other nodes, arrays of the wrong shape, or
+        NaN / inf values (named).
     """
     concepts = list(concepts)
     if target not in concepts:
         raise ValueError(f"unknown concept {target!r}; concepts are {concepts}")
-    arrays = [np.asarray(a, float) for a in (factual_labels, true_cf_labels, judged_factual, judged_cf)]
-    n, K = arrays[0].shape
-    for a in arrays:
-        if a.shape != (n, K) or K != len(concepts):
-            raise ValueError(f"label arrays must all have shape [n, {len(concepts)}], got {[b.shape for b in arrays]}")
+    if not isinstance(graph, nx.DiGraph) or set(graph.nodes()) != set(concepts):
+        raise ValueError(f"graph must be a networkx.DiGraph over the concepts {concepts}")
+    names = ("factual_labels", "true_cf_labels", "judged_factual", "judged_cf")
+    arrays = [_finite(a, name) for a, name in zip((factual_labels, true_cf_labels, judged_factual, judged_cf), names)]
+    shape = arrays[0].shape
+    if len(shape) != 2 or shape[0] == 0 or shape[1] != len(concepts) or any(a.shape != shape for a in arrays):
+        raise ValueError(f"label arrays must all have shape [n, {len(concepts)}] with n >= 1, got {[b.shape for b in arrays]}")
+    n = shape[0]
+    v = _finite(do_value, "do_value")
+    if v.shape not in ((), (1,), (n,)):
+        raise ValueError(f"do_value must be a number or have shape [{n}], got shape {v.shape}")
     u, u_cf, j_x, j_cf = arrays
-    v = np.broadcast_to(np.asarray(do_value, float), (n,))
+    v = np.broadcast_to(v, (n,))
     t = concepts.index(target)
     desc = sorted(nx.descendants(graph, target), key=concepts.index)
     non_desc = [c for c in concepts if c != target and c not in desc]
@@ -82,7 +102,15 @@ def intervention_scores(
 
 def pixel_errors(images: np.ndarray, reconstructions: np.ndarray, cf_images: np.ndarray, true_cf_images: np.ndarray) -> dict:
     """Mean squared pixel errors (images in [0, 1], ``[n, C, H, W]``): counterfactual vs. the true
-    counterfactual, and reconstruction vs. the factual image."""
+    counterfactual, and reconstruction vs. the factual image.
+
+    :raises ValueError: if the four arrays do not have one shape or hold NaN / inf.
+    """
+    arrays = [_finite(a, name) for a, name in zip((images, reconstructions, cf_images, true_cf_images),
+                                                  ("images", "reconstructions", "cf_images", "true_cf_images"))]
+    if any(a.shape != arrays[0].shape for a in arrays) or arrays[0].size == 0:
+        raise ValueError(f"image arrays must all have one non-empty shape, got {[a.shape for a in arrays]}")
+    images, reconstructions, cf_images, true_cf_images = arrays
     return {
         "cf_mse": float(np.mean((np.asarray(cf_images, float) - np.asarray(true_cf_images, float)) ** 2)),
         "recon_mse": float(np.mean((np.asarray(reconstructions, float) - np.asarray(images, float)) ** 2)),

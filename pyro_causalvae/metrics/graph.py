@@ -9,6 +9,9 @@ import networkx as nx
 
 
 def _check(learned: nx.DiGraph, true: nx.DiGraph) -> None:
+    for name, g in (("learned", learned), ("true", true)):
+        if not isinstance(g, nx.DiGraph):
+            raise ValueError(f"{name} must be a networkx.DiGraph, got {type(g).__name__}")
     if set(learned.nodes()) != set(true.nodes()):
         raise ValueError(f"graphs have different nodes: {sorted(learned.nodes())} vs {sorted(true.nodes())}")
 
@@ -17,6 +20,8 @@ def shd(learned: nx.DiGraph, true: nx.DiGraph) -> int:
     """Structural Hamming distance: edge additions, deletions and reversals turning ``learned`` into ``true``.
 
     A reversed edge counts once (the usual convention of NOTEARS / DAG-GNN evaluations).
+
+    :raises ValueError: if either is not a ``networkx.DiGraph`` or their nodes differ.
     """
     _check(learned, true)
     L, T = set(learned.edges()), set(true.edges())
@@ -27,7 +32,10 @@ def shd(learned: nx.DiGraph, true: nx.DiGraph) -> int:
 
 
 def edge_precision_recall(learned: nx.DiGraph, true: nx.DiGraph) -> tuple[float, float]:
-    """Precision and recall of the directed edges (precision is 1 for an empty learned graph)."""
+    """Precision and recall of the directed edges (precision is 1 for an empty learned graph).
+
+    :raises ValueError: if either is not a ``networkx.DiGraph`` or their nodes differ.
+    """
     _check(learned, true)
     L, T = set(learned.edges()), set(true.edges())
     tp = len(L & T)

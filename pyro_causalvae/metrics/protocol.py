@@ -41,23 +41,37 @@ def mic_tic_scores(latents: np.ndarray, labels: np.ndarray, concepts: Sequence[s
 
 
 @torch.no_grad()
-def concept_latents(model, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def concept_latents(model, images, batch_size: int = 256) -> np.ndarray:
     """``[N, K]``: for each image, the posterior mean of each concept block averaged over its dims.
 
-    :param images: ``[N, C, H, W]`` uint8 or float in [0, 1].
+    :param images: ``[N, C, H, W]`` uint8 or float in [0, 1], or a dataset whose items are
+        ``(image, labels)`` (images read from disk, e.g. ``CelebA(preload=False)``).
     """
     model.eval()
     out = []
     device = model.label_loc.device
-    for i in range(0, images.shape[0], batch_size):
-        x = images[i : i + batch_size].to(device)
+    if isinstance(images, torch.Tensor):
+        batches = (images[i : i + batch_size] for i in range(0, images.shape[0], batch_size))
+    else:
+        loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+        batches = (b[0] if isinstance(b, (list, tuple)) else b for b in loader)
+    for x in batches:
+        x = x.to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         out.append(model.encode(x).mean(-1).cpu())
     return torch.cat(out).numpy()
 
 
 def evaluate_mic_tic(model, dataset, batch_size: int = 256) -> dict:
-    """The protocol on a labelled dataset (use the test split)."""
-    if dataset.labels is None:
+    """The protocol on a labelled dataset (use the test split).
+
+    :raises ValueError: for an unlabelled dataset, or one whose concepts or image shape are not the model's.
+    """
+    if getattr(dataset, "labels", None) is None:
         raise ValueError("the MIC/TIC protocol needs a labelled dataset")
-    return mic_tic_scores(concept_latents(model, dataset.images, batch_size), dataset.labels.cpu().numpy(), dataset.concepts)
+    if tuple(dataset.concepts) != tuple(model.concepts):
+        raise ValueError(f"dataset concepts {list(dataset.concepts)} do not match the model's {list(model.concepts)}")
+    if tuple(dataset.image_shape) != tuple(model.image_shape):
+        raise ValueError(f"dataset images have shape {tuple(dataset.image_shape)} but the model expects {model.image_shape}")
+    images = dataset.images if dataset.images is not None else dataset
+    return mic_tic_scores(concept_latents(model, images, batch_size), dataset.labels.cpu().numpy(), dataset.concepts)
