@@ -1,0 +1,517 @@
+"""Posterior analysis with ArviZ: the amortised posterior of each image's concepts, and counterfactuals.
+
+- :func:`to_inference_data`: draws from the guide ``q(eps | x)`` pushed through the structural equations,
+  i.e. the posterior of every image's concept values, as an ArviZ object (``posterior``; optionally the
+  posterior-predictive images and the observed labels / images).
+- :func:`intervention_effect`: the distribution of counterfactual concept values under ``do(...)``
+  (abduction by sampling the guide, action, prediction: :func:`pyro_causalvae.queries.counterfactual`
+  with ``abduction="sample"``), next to the factual values and the per-draw effect.
+- :func:`summary`, :func:`hdi`, :func:`plot_forest`: thin wrappers over ``az.summary`` / ``az.hdi`` /
+  ``az.plot_forest`` that take the same arguments under ArviZ 0.x and 1.x.
+
+Layout of the ArviZ objects (one design for every function here):
+
+.. code-block:: none
+
+    posterior / concepts        (chain, draw, image, concept)          concept values, in `units`
+    posterior / concept_blocks  (chain, draw, image, concept, block)   every dim of each block (blocks=True)
+    posterior_predictive / x    (chain, draw, image, *pixel dims)      decoder mean or a sample of p(x | z)
+    observed_data / labels      (image, concept)                       the labels given as `u`
+    observed_data / x           (image, *pixel dims)                   the images (with posterior_predictive)
+
+A *concept value* is the mean of the concept's latent block (``concept_dim`` dims, each a reading of the
+concept's label): what :mod:`pyro_causalvae.queries` reports too. Draws are i.i.d. from the amortised
+guide (no MCMC): ``chain`` only splits them into independent batches, so ``r_hat`` and ``ess`` are
+trivially good; use ``kind="stats"`` in ``az.summary``.
+
+ArviZ versions. ArviZ 0.x (0.23 here) stores groups in an ``arviz.InferenceData``; ArviZ >= 1.0 (Python
+>= 3.12) uses an ``xarray.DataTree`` with one child node per group. Both are built here from the same
+``xarray.Dataset`` per group (:func:`make_inference_data`); :data:`ARVIZ_1` says which one you get. Both
+support ``data["posterior"]`` and ArviZ's functions; the keyword arguments of ``az.summary``,
+``az.hdi`` and ``az.plot_forest`` differ between the versions (``hdi_prob`` vs ``ci_prob`` /
+``ci_probs``), which the wrappers :func:`summary`, :func:`hdi` and :func:`plot_forest` hide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+import xarray as xr
+
+from ._validation import check_do, check_finite
+from .model import CausalVAE
+from .queries import check_images, counterfactual
+
+with warnings.catch_warnings():
+    # ArviZ 0.x announces its 1.0 refactor with a FutureWarning on import; it is not about this code.
+    warnings.filterwarnings("ignore", message=".*ArviZ is undergoing a major refactor.*", category=FutureWarning)
+    import arviz as az
+
+__all__ = [
+    "ARVIZ_1",
+    "ARVIZ_VERSION",
+    "get_group",
+    "hdi",
+    "intervention_effect",
+    "make_inference_data",
+    "plot_forest",
+    "summary",
+    "to_inference_data",
+]
+
+
+def _major_version(version: str) -> int:
+    m = re.match(r"\s*(\d+)", str(version))
+    return int(m.group(1)) if m else 0
+
+
+#: the installed ArviZ version string
+ARVIZ_VERSION: str = getattr(az, "__version__", "0")
+#: ``True`` under ArviZ >= 1.0 (objects are ``xarray.DataTree``), ``False`` under 0.x (``InferenceData``)
+ARVIZ_1: bool = _major_version(ARVIZ_VERSION) >= 1
+
+SAMPLE_DIMS = ("chain", "draw")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ArviZ 0.x / 1.x compatibility layer
+# ---------------------------------------------------------------------------------------------------------
+def _with_attrs(ds: xr.Dataset, attrs: dict) -> xr.Dataset:
+    ds = ds.copy()  # shallow: the arrays are shared, the attributes are not
+    ds.attrs = {**ds.attrs, **attrs}
+    return ds
+
+
+def _as_inferencedata(groups: dict[str, xr.Dataset], attrs: dict):
+    """ArviZ 0.x: ``az.InferenceData(posterior=..., ...)`` (custom group names are allowed)."""
+    groups = {name: _with_attrs(ds, attrs) for name, ds in groups.items()}
+    return az.InferenceData(**groups)
+
+
+def _as_datatree(groups: dict[str, xr.Dataset], attrs: dict):
+    """ArviZ 1.x: an ``xarray.DataTree`` with one child node per group (what ``arviz_base.from_dict``
+    builds), global attributes on the root."""
+    groups = {name: _with_attrs(ds, attrs) for name, ds in groups.items()}
+    tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in groups.items()})
+    tree.attrs.update(attrs)
+    return tree
+
+
+def make_inference_data(groups: Mapping[str, xr.Dataset | None], attrs: Mapping | None = None):
+    """Bundle one ``xarray.Dataset`` per group into the installed ArviZ's container.
+
+    :param groups: ``{group name: Dataset}`` (``None`` values are skipped); sampled groups carry the
+        dims ``("chain", "draw", ...)``.
+    :param attrs: attributes (strings / numbers) set on every group (and on the root of a DataTree).
+    :returns: an ``arviz.InferenceData`` under ArviZ 0.x, an ``xarray.DataTree`` under ArviZ >= 1.0.
+    """
+    groups = {k: v for k, v in groups.items() if v is not None}
+    attrs = dict(attrs or {})
+    return _as_datatree(groups, attrs) if ARVIZ_1 else _as_inferencedata(groups, attrs)
+
+
+def get_group(data, group: str) -> xr.Dataset:
+    """The ``xarray.Dataset`` of one group of an ``InferenceData`` (ArviZ 0.x) or a ``DataTree`` (1.x).
+
+    :raises KeyError: if the group is missing.
+    """
+    if hasattr(xr, "DataTree") and isinstance(data, xr.DataTree):
+        if group not in data.children:
+            raise KeyError(f"no group {group!r}; groups are {list(data.children)}")
+        return data[group].to_dataset()
+    if group not in data.groups():
+        raise KeyError(f"no group {group!r}; groups are {list(data.groups())}")
+    return data[group]
+
+
+def _check_prob(prob: float) -> float:
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob < 1:
+        raise ValueError(f"prob must be a number in (0, 1), got {prob!r}")
+    return float(prob)
+
+
+def summary(data, var_names: Sequence[str] | None = None, coords: Mapping | None = None, prob: float = 0.94,
+            kind: str = "stats", **kwargs):
+    """``az.summary`` with the HDI at ``prob``, the same call under ArviZ 0.x and 1.x.
+
+    :param data: an object from this module (or any ArviZ object).
+    :param var_names: variables of the posterior to summarise (default all).
+    :param coords: a selection, e.g. ``{"concept": ["light_angle"], "image": [0]}``.
+    :param prob: HDI probability (0.x: ``hdi_prob``; 1.x: ``ci_prob`` with ``ci_kind="hdi"``).
+    :param kind: ``"stats"`` (default: mean, sd, HDI), or ``"all"`` to add the sampling diagnostics.
+    :returns: a ``pandas.DataFrame``, one row per scalar.
+    """
+    prob = _check_prob(prob)
+    var_names = list(var_names) if var_names is not None else None
+    if ARVIZ_1:
+        return az.summary(data, var_names=var_names, coords=coords, kind=kind, ci_prob=prob, ci_kind="hdi", **kwargs)
+    return az.summary(data, var_names=var_names, coords=coords, kind=kind, hdi_prob=prob, **kwargs)
+
+
+def hdi(data, var_names: Sequence[str] | None = None, coords: Mapping | None = None, prob: float = 0.94, **kwargs):
+    """``az.hdi`` at ``prob`` (0.x: ``hdi_prob``; 1.x: ``prob``) on the posterior group.
+
+    :returns: an ``xarray.Dataset`` with the sample dims replaced by a two-value bound dim
+        (``hdi`` in 0.x, ``ci_bound`` in 1.x).
+    """
+    prob = _check_prob(prob)
+    var_names = list(var_names) if var_names is not None else None
+    if ARVIZ_1:
+        return _tree_to_dataset(az.hdi(data, var_names=var_names, coords=coords, prob=prob, **kwargs))
+    return az.hdi(data, var_names=var_names, coords=coords, hdi_prob=prob, **kwargs)
+
+
+def _tree_to_dataset(result, group: str = "posterior"):
+    """A ``DataTree`` result (ArviZ 1.x on a tree) as the Dataset of ``group``; anything else unchanged."""
+    if hasattr(xr, "DataTree") and isinstance(result, xr.DataTree):
+        return result[group].to_dataset() if group in result.children else result.to_dataset()
+    return result
+
+
+def plot_forest(data, var_names: Sequence[str] | None = None, coords: Mapping | None = None, prob: float = 0.94,
+                combined: bool = True, **kwargs):
+    """``az.plot_forest`` with HDIs at ``prob``, the same call under ArviZ 0.x and 1.x.
+
+    :param data: one ArviZ object (or ``xarray.Dataset`` of draws), or a ``dict`` ``{label: object}`` to
+        compare several (e.g. the factual and counterfactual posteriors), drawn side by side per variable.
+    :param var_names: variables to draw (default all in the posterior).
+    :param coords: a selection, e.g. ``{"image": [0]}``.
+    :param prob: outer interval probability (0.x: ``hdi_prob``; 1.x: ``ci_probs=(0.5, prob)``,
+        ``ci_kind="hdi"``).
+    :param combined: pool the chains.
+    :param kwargs: passed to ``az.plot_forest`` (``figsize`` works under both versions).
+    :returns: what ``az.plot_forest`` returns: matplotlib axes (0.x) or a ``PlotCollection`` (1.x).
+    """
+    prob = _check_prob(prob)
+    var_names = list(var_names) if var_names is not None else None
+    if ARVIZ_1:
+        probs = (0.5, prob) if prob > 0.5 else (prob / 2, prob)
+        if "figsize" in kwargs:  # 1.x takes the figure size through the PlotCollection's figure_kwargs
+            kwargs["figure_kwargs"] = {**kwargs.get("figure_kwargs", {}), "figsize": kwargs.pop("figsize")}
+        if isinstance(data, dict):  # {label: DataTree}: a Dataset of draws becomes a tree's posterior
+            data = {k: _as_datatree({"posterior": v.copy()}, {}) if isinstance(v, xr.Dataset) else v
+                    for k, v in data.items()}
+        return az.plot_forest(data, var_names=var_names, coords=coords, combined=combined, ci_kind="hdi",
+                              ci_probs=probs, **kwargs)
+    if isinstance(data, dict):  # (InferenceData and DataTree are Mappings themselves)
+        kwargs.setdefault("model_names", list(data.keys()))
+        data = list(data.values())
+    return az.plot_forest(data, var_names=var_names, coords=coords, combined=combined, hdi_prob=prob, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------------------------------------
+def _check_count(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    return int(v)
+
+
+def _check_units(units: str) -> str:
+    if units not in ("natural", "normalised"):
+        raise ValueError(f"units must be 'natural' or 'normalised', got {units!r}")
+    return units
+
+
+def _check_seed(seed) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    return None if seed is None else int(seed)
+
+
+def _check_labels(model: CausalVAE, u, n: int) -> torch.Tensor:
+    """Labels ``u`` as a float32 tensor ``[n, K]`` on the model's device, or ``ValueError``.
+
+    NaN entries are allowed (unobserved labels); infinities are not.
+    """
+    try:
+        t = torch.as_tensor(u, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"u must be a tensor or array of labels [N, K], got {type(u).__name__}") from err
+    K = len(model.concepts)
+    if t.dim() == 1 and n == 1:
+        t = t.unsqueeze(0)
+    if tuple(t.shape) != (n, K):
+        raise ValueError(f"u must have shape [{n}, {K}] (one row of {K} labels per image), got {list(t.shape)}")
+    check_finite(nan_as_zero(t), "u")  # NaN means unobserved; inf is an error
+    return t.to(model.label_loc.device)
+
+
+def nan_as_zero(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with NaN replaced by 0 and infinities kept (``torch.nan_to_num`` would clip them)."""
+    return torch.where(torch.isnan(t), torch.zeros_like(t), t)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
+    """Run the block with torch's RNG seeded with ``seed`` and restore the caller's RNG state afterwards
+    (``seed=None``: use and advance the current RNG state)."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _pixel_dims(model: CausalVAE) -> tuple[str, ...]:
+    return ("channel", "row", "column") if len(model.image_shape) == 3 else ("feature",)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _sample_coords(num_chains: int, num_samples: int, n: int, model: CausalVAE) -> dict:
+    return {"chain": np.arange(num_chains), "draw": np.arange(num_samples), "image": np.arange(n),
+            "concept": list(model.concepts)}
+
+
+def _to_units(model: CausalVAE, z: torch.Tensor, units: str) -> torch.Tensor:
+    """Concept values ``[..., K]`` (normalised) in ``units``."""
+    return model.denormalise(z) if units == "natural" else z
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the posterior of the concepts
+# ---------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def _guide_draws(model: CausalVAE, x: torch.Tensor, num: int, predictive: str | None):
+    """``num`` draws of the concept blocks from the guide, vectorised over draws with a plate (in chunks of
+    at most 4,096 image rows, or about 16 M pixel values with images).
+
+    :returns: ``(z [num, N, K, d], images [num, N, *image_shape] or None)``.
+    """
+    N = x.shape[0]
+    max_rows = 4096 if predictive is None else max(1, min(4096, (1 << 24) // math.prod(model.image_shape)))
+    per_chunk = max(1, max_rows // N)
+    zs, xs = [], []
+    for start in range(0, num, per_chunk):
+        s = min(per_chunk, num - start)
+        with pyro.plate("draws", s, dim=-2):
+            guide_tr = poutine.trace(model.guide).get_trace(x)
+            z = guide_tr.nodes["_RETURN"]["value"]  # [s, N, K, d]
+            if predictive is not None:
+                model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(None, None, N)
+                site = model_tr.nodes["x"]
+                xs.append(site["fn"].mean if predictive == "mean" else site["value"])
+        zs.append(z.expand(s, *z.shape[-3:]))
+    return torch.cat(zs), (torch.cat(xs) if predictive is not None else None)
+
+
+def to_inference_data(
+    model: CausalVAE,
+    x: torch.Tensor,
+    u=None,
+    num_samples: int = 100,
+    num_chains: int = 1,
+    posterior_predictive: bool | str = False,
+    seed: int | None = None,
+    units: str = "natural",
+    blocks: bool = False,
+):
+    """The amortised posterior of each image's concept values as an ArviZ object.
+
+    Each draw samples every concept's exogenous noise from the guide ``model.guide`` (``q(eps | x)``)
+    and pushes it through the structural equations, exactly as the guide does in training; the draws are
+    i.i.d. (``num_chains * num_samples`` of them, split into chains for ArviZ's layout).
+
+    Groups and variables (``S = num_samples``, ``C = num_chains``, ``N`` images, ``K`` concepts,
+    ``d = model.concept_dim``):
+
+    - ``posterior["concepts"]``: ``(chain, draw, image, concept)`` ``[C, S, N, K]``, the concept value
+      (mean of its latent block), coordinate ``concept`` = the concept names, ``image`` = ``0..N-1``.
+    - ``posterior["concept_blocks"]`` (``blocks=True``): ``(chain, draw, image, concept, block)``
+      ``[C, S, N, K, d]``, every dim of every block.
+    - ``posterior_predictive["x"]`` (``posterior_predictive`` set): ``(chain, draw, image, *pixel dims)``
+      with pixel dims ``(channel, row, column)`` for images and ``(feature,)`` for flat observations:
+      the decoder mean (``True`` or ``"mean"``) or a sample of ``p(x | z)`` (``"sample"``: the mean plus
+      Normal pixel noise of std ``model.pixel_scale``, not clipped to [0, 1]). ``observed_data["x"]``
+      then holds the images.
+    - ``observed_data["labels"]`` (``u`` given): ``(image, concept)``, ``u`` as given.
+
+    Units: with ``units="natural"`` (default) concept values (and their blocks) are in the dataset's
+    label units, ``model.denormalise(z) = z * label_scale + label_loc`` (radians for Pendulum's angles),
+    and ``u`` must be in natural units too (``dataset.labels``); with ``"normalised"``, the model's own
+    units (about [-1, 1]) and ``u`` like ``dataset.labels_normalised``.
+
+    :param model: a (trained) :class:`~pyro_causalvae.model.CausalVAE`.
+    :param x: images ``[N, *model.image_shape]`` in [0, 1] (or uint8), or one image.
+    :param u: labels ``[N, K]`` in ``units`` (NaN = unobserved), or ``None``.
+    :param num_samples: draws per chain (``>= 1``).
+    :param num_chains: chains (``>= 1``).
+    :param posterior_predictive: ``False``, ``True``/``"mean"`` (decoder mean) or ``"sample"``; stores
+        ``num_chains * num_samples * N`` images (float32: mind the memory at 96x96).
+    :param seed: seeds torch's RNG for the draws (the caller's RNG state is restored); ``None`` uses and
+        advances the current state.
+    :param units: ``"natural"`` or ``"normalised"``.
+    :param blocks: add ``posterior["concept_blocks"]``.
+    :returns: an ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ >= 1.0).
+    :raises ValueError: for images of the wrong shape, non-finite or out-of-range pixels, bad labels,
+        ``num_samples < 1`` and other bad arguments (before any work).
+    """
+    x = check_images(model, x)
+    num_samples = _check_count(num_samples, "num_samples")
+    num_chains = _check_count(num_chains, "num_chains")
+    units = _check_units(units)
+    seed = _check_seed(seed)
+    if posterior_predictive is True:
+        predictive = "mean"
+    elif posterior_predictive is False or posterior_predictive is None:
+        predictive = None
+    elif posterior_predictive in ("mean", "sample"):
+        predictive = posterior_predictive
+    else:
+        raise ValueError(f"posterior_predictive must be False, True, 'mean' or 'sample', got {posterior_predictive!r}")
+    N = x.shape[0]
+    labels = _check_labels(model, u, N) if u is not None else None
+
+    with seeded(seed, x.device):
+        z, images = _guide_draws(model, x, num_chains * num_samples, predictive)
+    K, d = len(model.concepts), model.concept_dim
+    z = z.reshape(num_chains, num_samples, N, K, d)
+    coords = _sample_coords(num_chains, num_samples, N, model)
+    post = {"concepts": (("chain", "draw", "image", "concept"), _np(_to_units(model, z.mean(-1), units)))}
+    if blocks:
+        zb = model.denormalise(z.transpose(-1, -2)).transpose(-1, -2) if units == "natural" else z
+        post["concept_blocks"] = (("chain", "draw", "image", "concept", "block"), _np(zb))
+        coords["block"] = np.arange(d)
+    groups: dict[str, xr.Dataset] = {"posterior": xr.Dataset(post, coords=coords)}
+
+    pix = _pixel_dims(model)
+    observed = {}
+    if images is not None:
+        images = images.reshape(num_chains, num_samples, N, *model.image_shape)
+        groups["posterior_predictive"] = xr.Dataset(
+            {"x": (("chain", "draw", "image", *pix), _np(images))},
+            coords={k: coords[k] for k in ("chain", "draw", "image")})
+        observed["x"] = (("image", *pix), _np(x))
+    if labels is not None:
+        observed["labels"] = (("image", "concept"), _np(labels))
+    if observed:
+        groups["observed_data"] = xr.Dataset(observed, coords={"image": coords["image"], "concept": coords["concept"]})
+    attrs = {
+        "created_by": "pyro_causalvae.analysis.to_inference_data",
+        "inference_library": "pyro",
+        "inference": "amortised variational guide, i.i.d. draws",
+        "units": units,
+        "concept_value": "mean of the concept's latent block",
+        "concept_dim": d,
+        "posterior_predictive": predictive or "none",
+    }
+    return make_inference_data(groups, attrs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# interventions
+# ---------------------------------------------------------------------------------------------------------
+def _do_description(do: Mapping[str, object]) -> str:
+    parts = []
+    for c, v in do.items():
+        t = torch.as_tensor(v, dtype=torch.float32)
+        parts.append(f"{c}={float(t):.6g}" if t.dim() == 0 else f"{c}=[{t.numel()} values]")
+    return ", ".join(parts)
+
+
+def intervention_effect(
+    model: CausalVAE,
+    x: torch.Tensor,
+    do: Mapping[str, object],
+    num_samples: int = 100,
+    num_chains: int = 1,
+    units: str = "natural",
+    seed: int | None = None,
+    posterior_predictive: bool = False,
+):
+    """The posterior of each image's counterfactual concept values under ``do``, as an ArviZ object.
+
+    Abduction-action-prediction with sampled abduction (:func:`pyro_causalvae.queries.counterfactual`
+    with ``abduction="sample"``): each draw samples the exogenous noise of every concept from the guide,
+    replaces the intervened concepts' structural equations by the values, and recomputes their
+    descendants; the factual values use the same noise draw. Hence a non-descendant of the intervened
+    concepts equals its factual value in every draw, and ``effect`` is the per-draw (individual)
+    counterfactual effect.
+
+    Groups (``[C, S, N, K]`` as in :func:`to_inference_data`, values in ``units``):
+
+    - ``posterior["concepts"]``: ``(chain, draw, image, concept)``, the counterfactual concept values;
+    - ``posterior["effect"]``: counterfactual minus factual, draw by draw;
+    - ``factual["concepts"]``: the factual concept values (the same draws of the noise);
+    - ``constant_data["do"]``: ``(image, intervened)``, the intervention values per image;
+    - ``posterior_predictive["x"]`` / ``["x_factual"]`` (``posterior_predictive=True``): the decoder
+      means of the counterfactual / factual images, ``(chain, draw, image, *pixel dims)``.
+
+    Compare factual and counterfactual with ``plot_forest({"factual": get_group(out, "factual"),
+    "do(...)": get_group(out, "posterior")}, coords={"image": [0]})``.
+
+    :param model: a (trained) :class:`~pyro_causalvae.model.CausalVAE`.
+    :param x: factual images ``[N, *model.image_shape]`` in [0, 1] (or uint8).
+    :param do: ``{concept: value}``, a value a number or a tensor ``[N]``, in ``units``.
+    :param num_samples: draws per chain; ``num_chains``: chains.
+    :param units: ``"natural"`` (default) or ``"normalised"``; for ``do`` and the outputs.
+    :param seed: seeds torch's RNG (the caller's state is restored); ``None``: the current state.
+    :param posterior_predictive: also store the counterfactual and factual images.
+    :returns: an ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ >= 1.0).
+    :raises ValueError: for bad images, an unknown concept or a bad value in ``do``, ``num_samples < 1``.
+    """
+    x = check_images(model, x)
+    num_samples = _check_count(num_samples, "num_samples")
+    num_chains = _check_count(num_chains, "num_chains")
+    units = _check_units(units)
+    seed = _check_seed(seed)
+    N = x.shape[0]
+    values = check_do(do, model.concepts, N)
+    S = num_samples * num_chains
+    # queries.counterfactual repeats the images: chunks of at most 1,024 rows or about 8 M pixel values
+    per_chunk = max(1, min(1024, (1 << 23) // math.prod(model.image_shape)) // N)
+    out: dict[str, list[torch.Tensor]] = {"concepts": [], "factual_concepts": [], "images": [], "factual_images": []}
+    with seeded(seed, x.device):
+        for k, start in enumerate(range(0, S, per_chunk)):
+            s = min(per_chunk, S - start)
+            with warnings.catch_warnings():
+                if k > 0:  # the out-of-range warning once, not once per chunk
+                    warnings.simplefilter("ignore", UserWarning)
+                res = counterfactual(model, x, do, num_samples=s, units=units, abduction="sample")
+            for key in out:
+                if key.endswith("images") and not posterior_predictive:
+                    continue
+                out[key].append(res[key])
+    K = len(model.concepts)
+    cf = torch.cat(out["concepts"]).reshape(num_chains, num_samples, N, K)
+    fa = torch.cat(out["factual_concepts"]).reshape(num_chains, num_samples, N, K)
+    coords = _sample_coords(num_chains, num_samples, N, model)
+    dims = ("chain", "draw", "image", "concept")
+    groups = {
+        "posterior": xr.Dataset({"concepts": (dims, _np(cf)), "effect": (dims, _np(cf - fa))}, coords=coords),
+        "factual": xr.Dataset({"concepts": (dims, _np(fa))}, coords=coords),
+    }
+    names = list(values)
+    do_table = torch.stack([v.expand(N) for v in values.values()], dim=-1)  # [N, len(do)]
+    groups["constant_data"] = xr.Dataset({"do": (("image", "intervened"), _np(do_table))},
+                                         coords={"image": coords["image"], "intervened": names})
+    if posterior_predictive:
+        pix = _pixel_dims(model)
+        shape = (num_chains, num_samples, N, *model.image_shape)
+        groups["posterior_predictive"] = xr.Dataset(
+            {"x": (("chain", "draw", "image", *pix), _np(torch.cat(out["images"]).reshape(shape))),
+             "x_factual": (("chain", "draw", "image", *pix), _np(torch.cat(out["factual_images"]).reshape(shape)))},
+            coords={k: coords[k] for k in ("chain", "draw", "image")})
+    attrs = {
+        "created_by": "pyro_causalvae.analysis.intervention_effect",
+        "inference_library": "pyro",
+        "inference": "counterfactual: guide-sampled abduction, action, prediction",
+        "do": _do_description(do),
+        "units": units,
+        "concept_value": "mean of the concept's latent block",
+    }
+    return make_inference_data(groups, attrs)
