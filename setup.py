@@ -1,4 +1,5 @@
-"""Install pyro_causalvae: ``pip install .`` (add ``[test]`` for the test suite)."""
+"""Install pyro_causalvae: ``pip install .`` (add ``[test]`` for the test suite and the notebooks,
+``[docs]`` for the documentation)."""
 
 from pathlib import Path
 
@@ -30,7 +31,8 @@ setup(
     ],
     extras_require={
         "chirho": ["chirho>=0.2"],
-        "test": ["pytest>=7", "hypothesis>=6.80", "graphviz>=0.20", "chirho>=0.2"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "graphviz>=0.20", "chirho>=0.2", "nbmake>=1.5"],
+        "docs": ["sphinx>=7", "myst-nb>=1.0", "furo>=2024.1"],
     },
     entry_points={"console_scripts": ["pyro-causalvae=pyro_causalvae.cli:main"]},
     classifiers=[

@@ -1,8 +1,8 @@
-"""The DAG-penalised CausalVAE objective, as named terms.
+"""The DAG-penalised CausalVAE objective, as named terms::
 
-``loss = recon + kl_weight * kl + label_weight * labels                      (-ELBO, per image)
-        + augmented-Lagrangian(h(A)) + label_loss_weight * l_u + mask_loss_weight * l_m
-        + sparsity * |A|_1 + path * sum(|A| @ |A|) + order_prior * |A o against_order|_1``
+    loss = recon + kl_weight * kl + label_weight * labels                      (-ELBO, per image)
+           + augmented-Lagrangian(h(A)) + label_loss_weight * l_u + mask_loss_weight * l_m
+           + sparsity * |A|_1 + path * sum(|A| @ |A|) + order_prior * |A o against_order|_1
 
 - ``recon``: ``-log p(x | z)`` per image (pixels summed: a per-image log-likelihood, not the official
   code's mean over rows).
