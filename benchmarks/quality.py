@@ -5,7 +5,8 @@
 
 Each (dataset, seed) is trained at the default `train` settings into RUNS/<dataset>-seed<k> (a finished
 run there is reused), then evaluated on the test split: MIC and TIC x 100 (pyro_causalvae.metrics.protocol)
-and the learned graph's SHD. Prints each run and the mean +- standard deviation over seeds, next to the
+and the learned graph's SHD (after fit's pruning of redundant edges; a run trained before fit pruned
+is pruned here by the same function). Prints each run and the mean +- standard deviation over seeds, next to the
 paper's numbers. The counterfactual measures are in benchmarks/counterfactual_accuracy.py.
 """
 
@@ -23,6 +24,7 @@ from pyro_causalvae import CausalVAE, fit, load_model
 from pyro_causalvae import checkpoint as ckpt
 from pyro_causalvae.datasets import Flow, Pendulum
 from pyro_causalvae.metrics import evaluate_mic_tic, shd
+from pyro_causalvae.train import prune_learned_graph
 
 PAPER = {"pendulum": (95.1, 2.4, 81.6, 1.9), "flow": (72.1, 1.3, 56.4, 1.6)}
 
@@ -32,20 +34,30 @@ def run(name: str, seed: int, epochs: int, runs: Path) -> dict:
     out = runs / f"{name}-seed{seed}"
     t0 = time.perf_counter()
     done = ckpt.progress(out)
+    pruned = None
     if done is not None and done["epoch"] >= epochs:
         model = load_model(out)
         trained = "reused"
+        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))
+        if "pruned" not in state and model.spec.learned:
+            # Trained before fit() pruned redundant edges after its last epoch: apply that same last step now.
+            pruned = prune_learned_graph(model, D(split="train"))
+            trained = "reused, pruned post hoc as fit's last step"
+        else:
+            pruned = state.get("pruned")
     else:
         train = D(split="train")
         pyro.set_rng_seed(seed)
         model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale)
-        fit(model, train, epochs=epochs, seed=seed, progress=False, out_dir=out, resume=done is not None,
-            extra_config={"data": {"dataset": name, "size": 96, "data_seed": 0, "noise": 0.0}})
+        hist = fit(model, train, epochs=epochs, seed=seed, progress=False, out_dir=out, resume=done is not None,
+                   extra_config={"data": {"dataset": name, "size": 96, "data_seed": 0, "noise": 0.0}})
+        pruned = hist.pruned
         trained = f"trained in {time.perf_counter() - t0:.0f} s"
     test = D(split="test")
     res = evaluate_mic_tic(model, test)
     return {"dataset": name, "seed": seed, "mic": res["mic"], "tic": res["tic"], "shd": shd(model.graph(), test.graph),
-            "run": str(out), "how": trained}
+            "graph": [f"{a}->{b}" for a, b in model.graph().edges()],
+            "pruned": [f"{a}->{b}" for a, b in (r["edge"] for r in pruned or [])], "run": str(out), "how": trained}
 
 
 def main() -> None:
@@ -61,7 +73,8 @@ def main() -> None:
         for seed in args.seeds:
             r = run(name, seed, args.epochs, Path(args.runs))
             results.append(r)
-            print(f"{name:<9} seed {seed}: MIC {r['mic']:.1f}  TIC {r['tic']:.1f}  SHD {r['shd']}  ({r['how']})", flush=True)
+            print(f"{name:<9} seed {seed}: MIC {r['mic']:.1f}  TIC {r['tic']:.1f}  SHD {r['shd']}  pruned {r['pruned'] or '-'}  "
+                  f"({r['how']})", flush=True)
     for name in args.dataset:
         rows = [r for r in results if r["dataset"] == name]
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)

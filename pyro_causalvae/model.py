@@ -188,6 +188,8 @@ class CausalVAE(PyroModule):
         self.register_buffer("order_penalty", torch.zeros(K, K))
         # Set once A has been started from a causal order, so that a second fit() continues from it.
         self.order_initialised = False
+        # Edges removed after training (discovery.redundant_edges), as (parent, child) indices.
+        self.pruned: list[tuple[int, int]] = []
         self.register_buffer("label_loc", loc)
         self.register_buffer("label_scale", scale)
 
@@ -212,7 +214,7 @@ class CausalVAE(PyroModule):
         idx = {c: i for i, c in enumerate(self.concepts)}
         if not self.spec.learned:
             return [{idx[p] for p in self.spec.known.predecessors(c)} for c in self.concepts]
-        forbidden = {(idx[a], idx[b]) for a, b in self.spec.forbidden}
+        forbidden = {(idx[a], idx[b]) for a, b in self.spec.forbidden} | set(self.pruned)
         pos = {c: k for k, c in enumerate(self.order)}
         return [{j for j in range(len(self.concepts)) if pos[j] < pos[i] and (j, i) not in forbidden}
                 for i in range(len(self.concepts))]
@@ -247,8 +249,21 @@ class CausalVAE(PyroModule):
         self.order_penalty.copy_(self.support * (1.0 - self.order_mask) * (1.0 - self.required_edges))
         self.order_initialised = True
 
+    @torch.no_grad()
+    def prune(self, edges: Sequence[tuple[int, int]]) -> None:
+        """Remove learned edges ``[(parent, child), ...]`` (concept indices) for good: their entries of
+        ``A`` leave the support, and the child's structural equation no longer reads the parent."""
+        if not self.spec.learned:
+            raise ValueError("prune applies to a learned graph only")
+        for j, i in edges:
+            self.support[j, i] = 0.0
+            self.A_raw[j, i] = 0.0
+            if (int(j), int(i)) not in self.pruned:
+                self.pruned.append((int(j), int(i)))
+
     def get_extra_state(self) -> dict:
-        return {"order": list(self.order), "order_initialised": self.order_initialised}
+        return {"order": list(self.order), "order_initialised": self.order_initialised,
+                "pruned": [list(e) for e in self.pruned]}
 
     def set_extra_state(self, state: dict) -> None:
         order = [int(i) for i in state["order"]]
@@ -256,6 +271,7 @@ class CausalVAE(PyroModule):
             raise ValueError(f"invalid causal order {order} in the state dict")
         self._set_order(order)
         self.order_initialised = bool(state.get("order_initialised", False))
+        self.pruned = [(int(j), int(i)) for j, i in state.get("pruned", [])]
 
     def graph(self, threshold: float = 0.02, relative: float = 0.2) -> nx.DiGraph:
         """The causal graph over the concept names.

@@ -57,6 +57,8 @@ class History:
     rows: list[dict] = field(default_factory=list)
     #: the causal order found from the labels before training (learned graphs), or ``None``
     graph_search: dict | None = None
+    #: edges removed after the last epoch as redundant (``[{"edge": [parent, child], "gain": float}]``), or ``None``
+    pruned: list | None = None
 
     def __getitem__(self, key: str) -> list[float]:
         return [r[key] for r in self.rows]
@@ -163,6 +165,7 @@ def fit(
     callback: Callable[[int, dict], None] | None = None,
     order_search: bool = True,
     warm_start_steps: int = 2000,
+    prune: bool = True,
     precision: str = "fp32",
     num_workers: int = 0,
     distributed: bool | None = None,
@@ -200,6 +203,12 @@ def fit(
         (the order is then not identified when children are deterministic functions of their parents).
         A model whose ``A`` was already started from an order (a second ``fit``) continues from it.
         Data-parallel: rank 0 searches and the result is broadcast.
+    :param prune: for a learned graph with labels, after the last epoch remove the edges of
+        ``model.graph()`` whose parent explains less than 1% of its child's variance beyond the child's
+        other parents (:func:`pyro_causalvae.discovery.redundant_edges`, CAM-style pruning on the
+        labels; required edges are kept). Recorded in ``History.pruned`` and in the model
+        (:meth:`~pyro_causalvae.model.CausalVAE.prune`). A finished run that is resumed with more
+        ``epochs`` continues with its pruned graph.
     :param precision: ``"fp32"`` (default) or ``"bf16"`` (``torch.autocast`` to bfloat16 around the loss;
         parameters, optimiser state and the penalties stay float32).
     :param num_workers: DataLoader workers for datasets read from disk (ignored for resident data).
@@ -237,7 +246,7 @@ def fit(
     sums = torch.zeros(len(TERMS) + 1, device=device)
 
     config = {"model": model.config(), "fit": dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, al_every=al_every,
-              weights=weights.to_dict(), order_search=order_search, warm_start_steps=warm_start_steps,
+              weights=weights.to_dict(), order_search=order_search, warm_start_steps=warm_start_steps, prune=prune,
               precision=precision, world_size=ctx.world_size), **(extra_config or {})}
     if out_dir is not None:
         latest = ckpt.latest_checkpoint(out_dir)
@@ -248,6 +257,7 @@ def fit(
             optim.load_state_dict(state["optim"])
             history.rows = [dict(r) for r in state["history"]]
             history.graph_search = state.get("graph_search")
+            history.pruned = state.get("pruned")
             start_epoch, start_batch = int(state["epoch"]), int(state.get("batch", 0))
             if "sums" in state:
                 sums.copy_(state["sums"].to(device))
@@ -280,7 +290,8 @@ def fit(
         if ctx.is_main:
             state = {"model": model.state_dict(), "optim": optim.state_dict(), "epoch": epoch_done, "batch": batch_done,
                      "step": step, "sums": sums_avg.cpu(), "history": [dict(r) for r in history.rows],
-                     "graph_search": history.graph_search, "world_size": ctx.world_size, "seed": seed}
+                     "graph_search": history.graph_search, "pruned": history.pruned, "world_size": ctx.world_size,
+                     "seed": seed}
             ckpt.save_checkpoint(out_dir, step, state, keep_last=keep_last)
 
     if out_dir is not None and step == 0:
@@ -341,6 +352,8 @@ def fit(
                            lam=float(model.al.lam), rho=float(model.al.rho))
                 history.rows.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.1f}", h=f"{row['h']:.2g}")
+                if epoch + 1 == epochs and prune and model.spec.learned and labelled:
+                    history.pruned = prune_learned_graph(model, dataset, ctx, show)
                 save(epoch + 1, 0, torch.zeros_like(sums))
                 if callback is not None:
                     callback(epoch + 1, row)
@@ -362,6 +375,31 @@ def _search_order(model: CausalVAE, dataset, seed: int, steps: int, show: bool) 
     if show:
         tqdm.write(f"causal order from the labels: {' < '.join(found['order'])} ({found['seconds']:.1f} s)")
     return found
+
+
+def prune_learned_graph(model: CausalVAE, dataset, ctx: D.Context | None = None, show: bool = False) -> list[dict]:
+    """The last step of :func:`fit` for a learned graph: remove the edges of ``model.graph()`` that are
+    redundant given the child's other parents (:func:`~pyro_causalvae.discovery.redundant_edges` on the
+    dataset's labels; required edges kept). Data-parallel: rank 0 decides, every rank applies.
+
+    :returns: ``[{"edge": [parent, child], "gain": float}, ...]``, the removed edges.
+    """
+    ctx = ctx if ctx is not None else D.Context()
+    removed = None
+    if ctx.is_main:
+        idx = {c: k for k, c in enumerate(model.concepts)}
+        edges = [(idx[a], idx[b]) for a, b in model.graph().edges()]
+        keep = [(idx[a], idx[b]) for a, b in model.spec.required]
+        removed = discovery.redundant_edges(dataset.labels_normalised.cpu(), edges, keep=keep)
+        removed = [{"edge": [model.concepts[j], model.concepts[i]], "gain": r["gain"]} for (j, i), r in
+                   ((r["edge"], r) for r in removed)]
+    removed = D.broadcast(removed, ctx)
+    idx = {c: k for k, c in enumerate(model.concepts)}
+    model.prune([(idx[a], idx[b]) for a, b in (r["edge"] for r in removed)])
+    if show and removed:
+        tqdm.write("pruned as redundant given the other parents: "
+                   + ", ".join(f"{a}->{b} (explains {100 * r['gain']:.2f}% more)" for (a, b), r in ((r["edge"], r) for r in removed)))
+    return removed
 
 
 def _diverged(epoch: int, step: int, vals: torch.Tensor, out_dir, ctx: D.Context) -> None:

@@ -13,6 +13,7 @@ from pyro_causalvae.discovery import (
     median_bandwidth,
     order_scores,
     order_search,
+    redundant_edges,
     warm_start_graph,
 )
 from pyro_causalvae.metrics import shd
@@ -108,3 +109,37 @@ def test_near_ties_are_broken_by_the_sparsest_graph():
     assert candidates[0]["order"][:2] == [1, 3]  # the best-scoring order is a wrong one...
     assert set(order[:2]) == {0, 1} and shd(model.graph(), ds.graph) == 0  # ...and is not chosen
     assert min(c["edges"] for c in candidates) == 4 < candidates[0]["edges"]
+
+
+def test_redundant_edges_drops_a_parent_that_adds_nothing_beyond_the_others():
+    #   a --> b --> c <-- h      plus the spurious a --> c (b carries a's information, and more)
+    g = torch.Generator().manual_seed(0)
+    a, n, h = (torch.rand(1200, generator=g) for _ in range(3))
+    b = a**3 + n
+    c = (b * (h + 0.5)).sqrt()
+    labels = torch.stack([a, b, h, c], 1)
+    edges = [(0, 1), (1, 3), (2, 3), (0, 3)]
+    removed = redundant_edges(labels, edges)
+    assert [r["edge"] for r in removed] == [(0, 3)]
+    assert removed[0]["gain"] < 0.01
+    assert redundant_edges(labels, edges, keep=[(0, 3)]) == []  # a required edge stays
+    assert redundant_edges(labels, [(0, 1), (1, 3), (2, 3)]) == []  # every true parent is needed
+    # b, not a, is dropped if the graph had only the spurious a --> c next to the right one
+    assert [r["edge"] for r in redundant_edges(labels, [(0, 3), (1, 3)])] == [(0, 3)]
+
+
+def test_prune_removes_an_edge_from_the_graph_the_equations_and_the_state_dict():
+    model = CausalVAE(("a", "b", "c"), (6,), concept_dim=1, hidden=8, mechanism_hidden=4)
+    model.init_from_order([0, 1, 2])
+    with torch.no_grad():
+        model.A_raw.copy_(torch.tensor([[0.0, 0.5, 0.3], [0.0, 0.0, 0.6], [0.0, 0.0, 0.0]]))
+    assert set(model.graph().edges()) == {("a", "b"), ("a", "c"), ("b", "c")}
+    model.prune([(0, 2)])
+    assert set(model.graph().edges()) == {("a", "b"), ("b", "c")}
+    assert 0 not in model.possible_parents()[2]
+    again = CausalVAE(("a", "b", "c"), (6,), concept_dim=1, hidden=8, mechanism_hidden=4)
+    again.load_state_dict(model.state_dict())
+    assert again.pruned == [(0, 2)] and set(again.graph().edges()) == {("a", "b"), ("b", "c")}
+    known = CausalVAE(("a", "b"), (6,), concept_dim=1, graph=[("a", "b")], hidden=8, mechanism_hidden=4)
+    with pytest.raises(ValueError, match="learned graph only"):
+        known.prune([(0, 1)])

@@ -43,17 +43,20 @@ def test_different_seeds_differ():
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
+    # prune=False: a run that *finished* (epochs=1) is pruned at its end, and extending it keeps that graph;
+    # this test is about continuing the training state (tests/test_resume.py kills a run mid-epoch instead).
     ds = tiny_dataset()
     torch.manual_seed(0)
     full = tiny_model()
     init = copy.deepcopy(full.state_dict())
-    fit(full, ds, epochs=3, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "full")
+    fit(full, ds, epochs=3, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "full", prune=False)
 
     part = tiny_model()
     part.load_state_dict(init)
-    fit(part, ds, epochs=1, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "part")
+    fit(part, ds, epochs=1, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "part", prune=False)
     resumed = tiny_model()  # a fresh process would rebuild the model from config.json
-    fit(resumed, ds, epochs=3, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "part", resume=True)
+    fit(resumed, ds, epochs=3, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "part", resume=True,
+        prune=False)
     for k, v in params(full).items():
         assert_close(params(resumed)[k], v, msg=k)
     assert resumed.order == full.order
@@ -245,3 +248,19 @@ def test_bf16_autocast_trains_with_float32_parameters():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     with pytest.raises(ValueError, match="precision must be one of"):
         fit(model, tiny_dataset(), epochs=1, precision="fp16", progress=False)
+
+
+def test_fit_prunes_redundant_edges_after_the_last_epoch_and_records_them(tmp_path):
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = tiny_model()
+    hist = fit(model, ds, epochs=1, batch_size=16, progress=False, out_dir=tmp_path, warm_start_steps=50)
+    # Independent random labels: every learned edge is redundant (with this seed the graph had a->c, pruned).
+    assert [r["edge"] for r in hist.pruned] == [["a", "c"]]
+    for r in hist.pruned:
+        assert tuple(r["edge"]) not in set(model.graph().edges()) and r["gain"] < 0.01
+    assert load_model(tmp_path).pruned == model.pruned
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))["pruned"] == hist.pruned
+    torch.manual_seed(0)
+    off = tiny_model()
+    assert fit(off, ds, epochs=1, batch_size=16, progress=False, prune=False, warm_start_steps=50).pruned is None
