@@ -340,6 +340,8 @@ def run_training(args, dataset_args) -> int:
     if history.graph_search is not None:
         print(f"causal order found in the labels: {' < '.join(history.graph_search['order'])} "
               f"({history.graph_search['seconds']:.1f} s, then A learned under the augmented Lagrangian)")
+    if history.pruned:
+        print("pruned as redundant given the other parents:", ", ".join(f"{a}->{b}" for a, b in (r["edge"] for r in history.pruned)))
     learned = model.graph(threshold=args.threshold, relative=args.relative)
     print("learned graph:", ", ".join(f"{u}->{v}" for u, v in learned.edges()) or "(no edges)")
     if train.graph is not None:
