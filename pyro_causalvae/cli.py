@@ -146,12 +146,19 @@ def _do_arg(items: list[str]) -> dict[str, float]:
     return do
 
 
-def _data_section(cfg: dict, run_dir) -> dict:
-    """The run's ``"data"`` section of config.json (how to rebuild its dataset)."""
+def _run_data(cfg: dict, run_dir, purpose: str) -> argparse.Namespace:
+    """The dataset arguments of a run, from the ``"data"`` section of its config.json.
+
+    :param purpose: completes the error message when the section names no dataset.
+    """
     data = cfg.get("data", {}) if isinstance(cfg, dict) else None
     if not isinstance(data, dict):
         raise ValueError(f"{Path(run_dir) / 'config.json'}: the \"data\" section must be a JSON object, got {type(data).__name__}")
-    return data
+    args = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0,
+                                 **data})
+    if getattr(args, "dataset", None) is None:
+        raise ValueError(f"{run_dir}: config.json names no dataset{purpose}")
+    return args
 
 
 def _query_image(args, model, cfg):
@@ -165,10 +172,7 @@ def _query_image(args, model, cfg):
         if tuple(x.shape[1:]) != model.image_shape:
             raise ValueError(f"--image {args.image} has shape {tuple(x.shape[1:])} but the model expects {model.image_shape} (C, H, W)")
         return x.float() / 255.0
-    data = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0,
-                                 **_data_section(cfg, args.run_dir)})
-    if getattr(data, "dataset", None) is None:
-        raise ValueError(f"{args.run_dir}: config.json names no dataset; pass --image FILE")
+    data = _run_data(cfg, args.run_dir, "; pass --image FILE")
     if data.dataset == "folder":
         data.size = None
     ds = load_dataset(data, "test") or load_dataset(data, "train")
@@ -233,10 +237,7 @@ def run_evaluate(args) -> int:
 
     model = load_model(args.run_dir)
     cfg = read_json(Path(args.run_dir) / CONFIG)
-    data = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0,
-                                 **_data_section(cfg, args.run_dir)})
-    if getattr(data, "dataset", None) is None:
-        raise ValueError(f"{args.run_dir}: config.json names no dataset to evaluate on")
+    data = _run_data(cfg, args.run_dir, " to evaluate on")
     split = "test"
     ds = load_dataset(data, "test")
     if ds is None:

@@ -109,11 +109,9 @@ class BatchFeed:
         """This rank's batches of ``epoch`` from global batch ``start`` on."""
         sampler = ShardedBatches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world_size, start)
         if self.resident:
-            perm = sampler.perm.to(self.device)
-            local = self.batch_size // self.world_size
+            sampler.perm = sampler.perm.to(self.device)  # shards are indexed on the device
             for b in range(start, sampler.steps):
-                lo = b * self.batch_size + self.rank * local
-                idx = perm[lo : lo + local]
+                idx = sampler.shard(b)
                 yield self._x(self.images[idx]), (self.labels[idx] if self.labels is not None else None)
             return
         cuda = self.device.type == "cuda"

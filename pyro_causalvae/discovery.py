@@ -71,18 +71,22 @@ def krr_residuals(X_fit: torch.Tensor, y_fit: torch.Tensor, X_eval: torch.Tensor
     return y_eval - (gram(X_eval, bw, X_fit) @ alpha + mean)
 
 
+def _fit_eval_split(labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint random halves of the rows (at most ``n`` each, float64): regressions are fitted on the
+    first and evaluated on the second."""
+    g = torch.Generator().manual_seed(seed)
+    m = min(n, labels.shape[0] // 2)
+    U = labels[torch.randperm(labels.shape[0], generator=g)[: 2 * m]].double()
+    return U[:m], U[m:]
+
+
 class _Scorer:
     """Cached ``HSIC(residual of u_c given u_P, u_P)`` terms on a fixed fit / evaluation split."""
 
     def __init__(self, labels: torch.Tensor, n: int, seed: int, ridge: float):
-        g = torch.Generator().manual_seed(seed)
-        N = labels.shape[0]
-        m = min(n, N // 2)
-        idx = torch.randperm(N, generator=g)[: 2 * m]
-        U = labels[idx].double()
-        self.fit, self.eval = U[:m], U[m:]
+        self.fit, self.eval = _fit_eval_split(labels, n, seed)
         self.ridge = ridge
-        self.bw = [median_bandwidth(self.eval[:500, c : c + 1]) for c in range(U.shape[1])]
+        self.bw = [median_bandwidth(self.eval[:500, c : c + 1]) for c in range(self.eval.shape[1])]
         self.cache: dict[tuple[int, tuple[int, ...]], float] = {}
 
     def term(self, c: int, preds: Sequence[int]) -> float:
@@ -133,11 +137,7 @@ def _clean(labels: torch.Tensor) -> torch.Tensor:
 
 def _mse_table(labels: torch.Tensor, n: int, seed: int, ridge: float):
     """Out-of-sample mean squared error of each concept given a parent set (cached), on a fit/eval split."""
-    U = _clean(labels)
-    g = torch.Generator().manual_seed(seed)
-    m = min(n, U.shape[0] // 2)
-    U = U[torch.randperm(U.shape[0], generator=g)[: 2 * m]]
-    fit_, eval_ = U[:m], U[m:]
+    fit_, eval_ = _fit_eval_split(_clean(labels), n, seed)
     cache: dict[tuple[int, tuple[int, ...]], float] = {}
 
     def mse(c: int, parents) -> float:

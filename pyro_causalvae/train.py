@@ -385,20 +385,19 @@ def prune_learned_graph(model: CausalVAE, dataset, ctx: D.Context | None = None,
     :returns: ``[{"edge": [parent, child], "gain": float}, ...]``, the removed edges.
     """
     ctx = ctx if ctx is not None else D.Context()
+    idx = {c: k for k, c in enumerate(model.concepts)}
     removed = None
     if ctx.is_main:
-        idx = {c: k for k, c in enumerate(model.concepts)}
         edges = [(idx[a], idx[b]) for a, b in model.graph().edges()]
         keep = [(idx[a], idx[b]) for a, b in model.spec.required]
-        removed = discovery.redundant_edges(dataset.labels_normalised.cpu(), edges, keep=keep)
-        removed = [{"edge": [model.concepts[j], model.concepts[i]], "gain": r["gain"]} for (j, i), r in
-                   ((r["edge"], r) for r in removed)]
+        removed = [{"edge": [model.concepts[j], model.concepts[i]], "gain": r["gain"]}
+                   for r in discovery.redundant_edges(dataset.labels_normalised.cpu(), edges, keep=keep)
+                   for j, i in [r["edge"]]]
     removed = D.broadcast(removed, ctx)
-    idx = {c: k for k, c in enumerate(model.concepts)}
     model.prune([(idx[a], idx[b]) for a, b in (r["edge"] for r in removed)])
     if show and removed:
         tqdm.write("pruned as redundant given the other parents: "
-                   + ", ".join(f"{a}->{b} (explains {100 * r['gain']:.2f}% more)" for (a, b), r in ((r["edge"], r) for r in removed)))
+                   + ", ".join(f"{r['edge'][0]}->{r['edge'][1]} (explains {100 * r['gain']:.2f}% more)" for r in removed))
     return removed
 
 
