@@ -1,7 +1,7 @@
 """Posterior analysis with ArviZ: the amortised posterior of each image's concepts, and counterfactuals.
 
-- :func:`to_inference_data`: draws from the guide ``q(eps | x)`` pushed through the structural equations,
-  i.e. the posterior of every image's concept values, as an ArviZ object (``posterior``; optionally the
+- :func:`to_inference_data`: draws from the guide ``q(c, style | x)``, i.e. the posterior of every image's
+  concept values, as an ArviZ object (``posterior``; optionally the
   posterior-predictive images and the observed labels / images).
 - :func:`intervention_effect`: the distribution of counterfactual concept values under ``do(...)``
   (abduction by sampling the guide, action, prediction: :func:`pyro_causalvae.queries.counterfactual`
@@ -14,13 +14,13 @@ Layout of the ArviZ objects (one design for every function here):
 .. code-block:: none
 
     posterior / concepts        (chain, draw, image, concept)          concept values, in `units`
-    posterior / concept_blocks  (chain, draw, image, concept, block)   every dim of each block (blocks=True)
+    posterior / style           (chain, draw, image, style_dim)        the style latents (if any)
     posterior_predictive / x    (chain, draw, image, *pixel dims)      decoder mean or a sample of p(x | z)
     observed_data / labels      (image, concept)                       the labels given as `u`
     observed_data / x           (image, *pixel dims)                   the images (with posterior_predictive)
 
-A *concept value* is the mean of the concept's latent block (``concept_dim`` dims, each a reading of the
-concept's label): what :mod:`pyro_causalvae.queries` reports too. Draws are i.i.d. from the amortised
+A *concept value* is the value of the concept's sample site (normalised label units in the model, shown
+in ``units``): what :mod:`pyro_causalvae.queries` reports too. Draws are i.i.d. from the amortised
 guide (no MCMC): ``chain`` only splits them into independent batches, so ``r_hat`` and ``ess`` are
 trivially good; use ``kind="stats"`` in ``az.summary``.
 
@@ -47,7 +47,7 @@ import torch
 import xarray as xr
 
 from ._validation import check_do, check_finite
-from .model import CausalVAE
+from .model import STYLE, CausalVAE
 from .queries import check_images, counterfactual
 
 with warnings.catch_warnings():
@@ -286,27 +286,31 @@ def _to_units(model: CausalVAE, z: torch.Tensor, units: str) -> torch.Tensor:
 # the posterior of the concepts
 # ---------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def _guide_draws(model: CausalVAE, x: torch.Tensor, num: int, predictive: str | None):
-    """``num`` draws of the concept blocks from the guide, vectorised over draws with a plate (in chunks of
-    at most 4,096 image rows, or about 16 M pixel values with images).
+def _guide_draws(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, num: int, predictive: str | None):
+    """``num`` draws of the concept values from the guide, vectorised over draws with a plate (in chunks of
+    at most 4,096 image rows, or about 16 M pixel values with images). Labelled concepts (``u``, normalised)
+    keep their label in every draw.
 
-    :returns: ``(z [num, N, K, d], images [num, N, *image_shape] or None)``.
+    :returns: ``(c [num, N, K], style [num, N, S], images [num, N, *image_shape] or None)``.
     """
     N = x.shape[0]
     max_rows = 4096 if predictive is None else max(1, min(4096, (1 << 24) // math.prod(model.image_shape)))
     per_chunk = max(1, max_rows // N)
-    zs, xs = [], []
+    zs, ss, xs = [], [], []
     for start in range(0, num, per_chunk):
         s = min(per_chunk, num - start)
         with pyro.plate("draws", s, dim=-2):
-            guide_tr = poutine.trace(model.guide).get_trace(x)
-            z = guide_tr.nodes["_RETURN"]["value"]  # [s, N, K, d]
-            if predictive is not None:
-                model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(None, None, N)
-                site = model_tr.nodes["x"]
-                xs.append(site["fn"].mean if predictive == "mean" else site["value"])
-        zs.append(z.expand(s, *z.shape[-3:]))
-    return torch.cat(zs), (torch.cat(xs) if predictive is not None else None)
+            guide_tr = poutine.trace(model.guide).get_trace(x, u)
+            model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(None, u, N)
+        z = model_tr.nodes["_RETURN"]["value"]  # [s, N, K] (or [1, N, K] when nothing was drawn)
+        if predictive is not None:
+            mean = model_tr.nodes["x"]["value"].expand(s, N, *model.image_shape)
+            xs.append(mean if predictive == "mean" else mean + model.pixel_scale * torch.randn_like(mean))
+        zs.append(z.expand(s, *z.shape[-2:]))
+        if model.style_dim:
+            ss.append(guide_tr.nodes[STYLE]["value"])
+    style = torch.cat(ss) if ss else x.new_zeros(num, N, 0)
+    return torch.cat(zs), style, (torch.cat(xs) if predictive is not None else None)
 
 
 def to_inference_data(
@@ -318,29 +322,26 @@ def to_inference_data(
     posterior_predictive: bool | str = False,
     seed: int | None = None,
     units: str = "natural",
-    blocks: bool = False,
 ):
     """The amortised posterior of each image's concept values as an ArviZ object.
 
-    Each draw samples every concept's exogenous noise from the guide ``model.guide`` (``q(eps | x)``)
-    and pushes it through the structural equations, exactly as the guide does in training; the draws are
-    i.i.d. (``num_chains * num_samples`` of them, split into chains for ArviZ's layout).
+    Each draw samples every unlabelled concept (and the style) from the guide ``model.guide``
+    (``q(c, style | x)``), exactly as in training; a concept labelled in ``u`` keeps its label. The draws
+    are i.i.d. (``num_chains * num_samples`` of them, split into chains for ArviZ's layout).
 
-    Groups and variables (``S = num_samples``, ``C = num_chains``, ``N`` images, ``K`` concepts,
-    ``d = model.concept_dim``):
+    Groups and variables (``S = num_samples``, ``C = num_chains``, ``N`` images, ``K`` concepts):
 
-    - ``posterior["concepts"]``: ``(chain, draw, image, concept)`` ``[C, S, N, K]``, the concept value
-      (mean of its latent block), coordinate ``concept`` = the concept names, ``image`` = ``0..N-1``.
-    - ``posterior["concept_blocks"]`` (``blocks=True``): ``(chain, draw, image, concept, block)``
-      ``[C, S, N, K, d]``, every dim of every block.
+    - ``posterior["concepts"]``: ``(chain, draw, image, concept)`` ``[C, S, N, K]``, the concept values,
+      coordinate ``concept`` = the concept names, ``image`` = ``0..N-1``.
+    - ``posterior["style"]`` (``model.style_dim > 0``): ``(chain, draw, image, style_dim)``, the style latents.
     - ``posterior_predictive["x"]`` (``posterior_predictive`` set): ``(chain, draw, image, *pixel dims)``
       with pixel dims ``(channel, row, column)`` for images and ``(feature,)`` for flat observations:
-      the decoder mean (``True`` or ``"mean"``) or a sample of ``p(x | z)`` (``"sample"``: the mean plus
+      the decoder mean (``True`` or ``"mean"``) or a sample of ``p(x | c, style)`` (``"sample"``: the mean plus
       Normal pixel noise of std ``model.pixel_scale``, not clipped to [0, 1]). ``observed_data["x"]``
       then holds the images.
     - ``observed_data["labels"]`` (``u`` given): ``(image, concept)``, ``u`` as given.
 
-    Units: with ``units="natural"`` (default) concept values (and their blocks) are in the dataset's
+    Units: with ``units="natural"`` (default) concept values are in the dataset's
     label units, ``model.denormalise(z) = z * label_scale + label_loc`` (radians for Pendulum's angles),
     and ``u`` must be in natural units too (``dataset.labels``); with ``"normalised"``, the model's own
     units (about [-1, 1]) and ``u`` like ``dataset.labels_normalised``.
@@ -355,7 +356,6 @@ def to_inference_data(
     :param seed: seeds torch's RNG for the draws (the caller's RNG state is restored); ``None`` uses and
         advances the current state.
     :param units: ``"natural"`` or ``"normalised"``.
-    :param blocks: add ``posterior["concept_blocks"]``.
     :returns: an ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ >= 1.0).
     :raises ValueError: for images of the wrong shape, non-finite or out-of-range pixels, bad labels,
         ``num_samples < 1`` and other bad arguments (before any work).
@@ -376,16 +376,17 @@ def to_inference_data(
     N = x.shape[0]
     labels = _check_labels(model, u, N) if u is not None else None
 
+    u_norm = None if labels is None else (model.normalise(labels) if units == "natural" else labels)
     with seeded(seed, x.device):
-        z, images = _guide_draws(model, x, num_chains * num_samples, predictive)
-    K, d = len(model.concepts), model.concept_dim
-    z = z.reshape(num_chains, num_samples, N, K, d)
+        z, style, images = _guide_draws(model, x, u_norm, num_chains * num_samples, predictive)
+    K = len(model.concepts)
+    z = z.reshape(num_chains, num_samples, N, K)
     coords = _sample_coords(num_chains, num_samples, N, model)
-    post = {"concepts": (("chain", "draw", "image", "concept"), _np(_to_units(model, z.mean(-1), units)))}
-    if blocks:
-        zb = model.denormalise(z.transpose(-1, -2)).transpose(-1, -2) if units == "natural" else z
-        post["concept_blocks"] = (("chain", "draw", "image", "concept", "block"), _np(zb))
-        coords["block"] = np.arange(d)
+    post = {"concepts": (("chain", "draw", "image", "concept"), _np(_to_units(model, z, units)))}
+    if model.style_dim:
+        post["style"] = (("chain", "draw", "image", "style_dim"),
+                         _np(style.reshape(num_chains, num_samples, N, model.style_dim)))
+        coords["style_dim"] = np.arange(model.style_dim)
     groups: dict[str, xr.Dataset] = {"posterior": xr.Dataset(post, coords=coords)}
 
     pix = _pixel_dims(model)
@@ -405,8 +406,7 @@ def to_inference_data(
         "inference_library": "pyro",
         "inference": "amortised variational guide, i.i.d. draws",
         "units": units,
-        "concept_value": "mean of the concept's latent block",
-        "concept_dim": d,
+        "concept_value": "the concept site's value (the label where labelled)",
         "posterior_predictive": predictive or "none",
     }
     return make_inference_data(groups, attrs)
@@ -512,6 +512,6 @@ def intervention_effect(
         "inference": "counterfactual: guide-sampled abduction, action, prediction",
         "do": _do_description(do),
         "units": units,
-        "concept_value": "mean of the concept's latent block",
+        "concept_value": "the concept site's value",
     }
     return make_inference_data(groups, attrs)

@@ -113,7 +113,7 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--epochs", type=int, default=12 if demo else 30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--concept-dim", type=int, default=4)
+    p.add_argument("--style-dim", type=int, default=8, help="unsupervised style latents outside the graph (0: none)")
     p.add_argument("--graph", default="learn", help="learn | true | edges 'a->b,b->c' | edges.json")
     p.add_argument("--weight", action="append", metavar="NAME=VALUE", help="loss weight, e.g. --weight kl=0.5 (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (under torchrun: cuda:LOCAL_RANK on each rank)")
@@ -123,11 +123,11 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data split")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    graph_defaults = inspect.signature(CausalVAE.graph).parameters
-    p.add_argument("--threshold", type=float, default=graph_defaults["threshold"].default,
-                   help="|A| threshold of the reported graph (model.graph)")
-    p.add_argument("--relative", type=float, default=graph_defaults["relative"].default,
-                   help="keep an edge only above this fraction of the strongest edge into the same concept (model.graph)")
+    graph_defaults = inspect.signature(CausalVAE.__init__).parameters
+    p.add_argument("--threshold", type=float, default=graph_defaults["edge_threshold"].default,
+                   help="an edge is in the graph (and in the structural equations) when |A| exceeds this")
+    p.add_argument("--relative", type=float, default=graph_defaults["edge_relative"].default,
+                   help="... and this fraction of the strongest edge into the same concept")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -322,7 +322,8 @@ def run_training(args, dataset_args) -> int:
     say(f"data: {train!r} ({time.perf_counter() - t0:.1f} s)")
     graph = _graph_arg(args.graph, train)
     pyro.set_rng_seed(args.seed)  # the initial weights too
-    model = CausalVAE(train.concepts, train.image_shape, concept_dim=args.concept_dim, graph=graph,
+    model = CausalVAE(train.concepts, train.image_shape, style_dim=args.style_dim, graph=graph,
+                      edge_threshold=args.threshold, edge_relative=args.relative,
                       label_loc=train.label_loc, label_scale=train.label_scale)
     out = Path(args.out)
     history = fit(model, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights,
@@ -343,7 +344,7 @@ def run_training(args, dataset_args) -> int:
               f"({history.graph_search['seconds']:.1f} s, then A learned under the augmented Lagrangian)")
     if history.pruned:
         print("pruned as redundant given the other parents:", ", ".join(f"{a}->{b}" for a, b in (r["edge"] for r in history.pruned)))
-    learned = model.graph(threshold=args.threshold, relative=args.relative)
+    learned = model.graph()
     print("learned graph:", ", ".join(f"{u}->{v}" for u, v in learned.edges()) or "(no edges)")
     if train.graph is not None:
         p, r = edge_precision_recall(learned, train.graph)

@@ -267,15 +267,14 @@ def warm_start_graph(
     if N == 0:
         return
     keep = model.support * model.order_mask  # [K, K] entries allowed during the warm start
-    d = model.concept_dim
     params = list(model.mechanisms.parameters()) + [model.A_raw]
     optim = torch.optim.Adam(params, lr=lr)
     g = torch.Generator(device="cpu").manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(0, N, (min(batch_size, N),), generator=g).to(labels.device)
-        ub = labels[idx][..., None].expand(-1, -1, d)
+        ub = labels[idx]  # [B, K]
         A = model.A_raw * keep
-        resid = ((ub - model.mechanisms(ub, A)) ** 2).sum((-1, -2)).mean() / d
+        resid = ((ub - model.mechanisms(ub, A)) ** 2).sum(-1).mean()
         Aa = A.abs()
         loss = resid + sparsity * Aa.sum() + path * (Aa @ Aa).sum()
         optim.zero_grad(set_to_none=True)

@@ -28,18 +28,18 @@ SETTINGS = dict(batch_size=8, seed=3, al_every=2, warm_start_steps=50, progress=
 
 @contextlib.contextmanager
 def mean_guide():
-    """The guide's noise at its posterior mean: the loss without Monte-Carlo noise, so that one process and
+    """The guide's latent sites at their posterior mean: the loss without Monte-Carlo noise, so that one process and
     two ranks (whose noise draws differ) compute the same gradients up to float rounding."""
-    orig = CausalVAE.guide
+    orig = CausalVAE.guide_posterior  # the guide's sites (the training loss calls it with the encoder's output)
 
     def guide(self, *args, **kwargs):
         return posterior_mean(lambda *a, **k: orig(self, *a, **k))(*args, **kwargs)
 
-    CausalVAE.guide = guide
+    CausalVAE.guide_posterior = guide
     try:
         yield
     finally:
-        CausalVAE.guide = orig
+        CausalVAE.guide_posterior = orig
 
 
 def train(epochs: int = 2, run: str | None = None, mean: bool = False, resume: bool = False, **kw):

@@ -33,7 +33,7 @@ SCALE = torch.tensor([2.0, 0.5, 4.0, 1.0])
 
 def chain_model(**kw):
     kw.setdefault("graph", CHAIN)
-    return CausalVAE(CONCEPTS, (10,), concept_dim=2, hidden=16, mechanism_hidden=8, label_loc=LOC, label_scale=SCALE, **kw)
+    return CausalVAE(CONCEPTS, (10,), style_dim=2, hidden=16, mechanism_hidden=8, label_loc=LOC, label_scale=SCALE, **kw)
 
 
 def images(n=3, seed=0):
@@ -79,12 +79,14 @@ def test_to_inference_data_groups_dims_coords_and_observed_labels():
 
 def test_posterior_predictive_mean_is_the_decoder_of_each_draw():
     model, x = chain_model(), images(2)
-    idata = an.to_inference_data(model, x, num_samples=4, posterior_predictive="mean", blocks=True, seed=3,
-                                 units="normalised")
-    z = torch.as_tensor(an.get_group(idata, "posterior")["concept_blocks"].values)  # [1, 4, 2, K, d]
+    idata = an.to_inference_data(model, x, num_samples=4, posterior_predictive="mean", seed=3, units="normalised")
+    post = an.get_group(idata, "posterior")
+    c = torch.as_tensor(post["concepts"].values)  # [1, 4, 2, K]
+    style = torch.as_tensor(post["style"].values)  # [1, 4, 2, S]
+    assert post["style"].dims == ("chain", "draw", "image", "style_dim") and style.shape == (1, 4, 2, 2)
     pp = torch.as_tensor(an.get_group(idata, "posterior_predictive")["x"].values)
     with torch.no_grad():
-        expected = model.decoder(z.reshape(1, 4, 2, -1))
+        expected = model.decode(c, style)
     assert_close(pp, expected, rtol=1e-5, atol=1e-5)
     sampled = an.to_inference_data(model, x, num_samples=4, posterior_predictive="sample", seed=3)
     assert an.get_group(sampled, "posterior")["concepts"].shape == (1, 4, 2, 4)
@@ -92,30 +94,33 @@ def test_posterior_predictive_mean_is_the_decoder_of_each_draw():
     assert not np.allclose(an.get_group(sampled, "posterior_predictive")["x"].values, pp.numpy())
 
 
-def test_natural_units_roundtrip_and_block_means():
+def test_natural_units_roundtrip():
     model, x = chain_model(), images()
-    nat = an.to_inference_data(model, x, num_samples=5, seed=1, blocks=True)
-    norm = an.to_inference_data(model, x, num_samples=5, seed=1, blocks=True, units="normalised")
+    nat = an.to_inference_data(model, x, num_samples=5, seed=1)
+    norm = an.to_inference_data(model, x, num_samples=5, seed=1, units="normalised")
     zn = torch.as_tensor(an.get_group(nat, "posterior")["concepts"].values)
     zz = torch.as_tensor(an.get_group(norm, "posterior")["concepts"].values)
     assert_close(zn, model.denormalise(zz), rtol=1e-5, atol=1e-5)
     assert_close(model.normalise(zn), zz, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(zn, zz)  # the units do differ here
-    blocks = an.get_group(nat, "posterior")["concept_blocks"]
-    assert blocks.dims == ("chain", "draw", "image", "concept", "block") and blocks.shape == (1, 5, 3, 4, 2)
-    assert_close(torch.as_tensor(blocks.values).mean(-1), zn, rtol=1e-5, atol=1e-5)
 
 
-def test_draws_follow_the_guide_posterior():
-    # the vectorised draws have the encoder's Normal posterior q(z | x) = N(m, v) per block
+def test_draws_follow_the_guide_posterior_and_labels_are_held():
+    # the vectorised draws have the encoder's Normal posterior q(c | x) = N(m, v) per concept
     model, x = chain_model(), images(2)
     S = 4000
-    idata = an.to_inference_data(model, x, num_samples=S, blocks=True, seed=0, units="normalised")
-    z = torch.as_tensor(an.get_group(idata, "posterior")["concept_blocks"].values)[0]  # [S, N, K, d]
+    idata = an.to_inference_data(model, x, num_samples=S, seed=0, units="normalised")
+    z = torch.as_tensor(an.get_group(idata, "posterior")["concepts"].values)[0]  # [S, N, K]
     with torch.no_grad():
-        loc, scale = model.posterior_params(x)
-    assert_close(z.mean(0), loc, rtol=0, atol=float(5 * scale.max() / math.sqrt(S)))
-    assert_close(z.std(0), scale, rtol=0.08, atol=1e-4)
+        post = model.posterior(x)
+    assert_close(z.mean(0), post.loc, rtol=0, atol=float(5 * post.scale.max() / math.sqrt(S)))
+    assert_close(z.std(0), post.scale, rtol=0.08, atol=1e-4)
+    # a labelled concept keeps its label in every draw; the others are still drawn
+    u = torch.full((2, 4), float("nan"))
+    u[:, 1] = torch.tensor([0.3, -0.2])
+    held = an.to_inference_data(model, x, u=u, num_samples=50, seed=0, units="normalised")
+    zh = torch.as_tensor(an.get_group(held, "posterior")["concepts"].values)[0]
+    assert torch.equal(zh[:, :, 1], u[:, 1].expand(50, 2)) and zh[:, :, 0].std(0).min() > 0
 
 
 def test_seed_reproducible_and_caller_rng_restored():
@@ -132,7 +137,7 @@ def test_seed_reproducible_and_caller_rng_restored():
 
 
 def test_conv_images_have_pixel_dims():
-    model = CausalVAE(CONCEPTS, (3, 16, 16), concept_dim=2, channels=4, hidden=16, mechanism_hidden=8)
+    model = CausalVAE(CONCEPTS, (3, 16, 16), style_dim=2, channels=4, hidden=16, mechanism_hidden=8)
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     idata = an.to_inference_data(model, (x * 255).to(torch.uint8), num_samples=3, posterior_predictive=True, seed=0)
     pp = an.get_group(idata, "posterior_predictive")["x"]
@@ -145,7 +150,7 @@ def test_conv_images_have_pixel_dims():
 
 def test_arviz_summary_hdi_and_plot_forest_work():
     model, x = chain_model(), images(2)
-    idata = an.to_inference_data(model, x, u=labels(2), num_samples=50, num_chains=2, seed=0)
+    idata = an.to_inference_data(model, x, num_samples=50, num_chains=2, seed=0)
     post = an.get_group(idata, "posterior")["concepts"]
     # ArviZ's own functions, with the installed version's keywords
     if an.ARVIZ_1:
@@ -272,7 +277,7 @@ def fitted_scm_model():
     """A learned-graph model whose A and mechanisms were fitted on labels of the tiny SCM in the order
     a, b, d, c (the warm start of training; A is dense in that order: 6 candidate edges)."""
     pyro.set_rng_seed(0)
-    model = CausalVAE(CONCEPTS, (10,), concept_dim=2, hidden=16, mechanism_hidden=8)
+    model = CausalVAE(CONCEPTS, (10,), style_dim=2, hidden=16, mechanism_hidden=8)
     warm_start_graph(model, tiny_scm(300, seed=0), order=[0, 1, 3, 2], steps=300, seed=0)
     return model
 
@@ -366,7 +371,7 @@ def test_graph_posterior_bad_data():
 
 
 def test_graph_posterior_needs_candidate_edges():
-    model = CausalVAE(("a", "b"), (10,), concept_dim=2, hidden=16, mechanism_hidden=8, graph=[])
+    model = CausalVAE(("a", "b"), (10,), style_dim=2, hidden=16, mechanism_hidden=8, graph=[])
     with pytest.raises(ValueError, match="allows no edge"):
         fit_graph_posterior(model, torch.zeros(5, 2))
     post = fit_graph_posterior(model, torch.rand(20, 2), edges=[("a", "b")], num_steps=3, progress=True)

@@ -77,7 +77,7 @@ def test_pendulum_order_puts_the_independent_angles_first(pendulum_labels):
 def test_warm_start_recovers_the_flow_graph():
     ds = Flow(split="train", size=16)
     pyro.set_rng_seed(0)
-    model = CausalVAE(ds.concepts, ds.image_shape, concept_dim=1)
+    model = CausalVAE(ds.concepts, ds.image_shape, style_dim=1)
     order, _ = order_search(ds.labels_normalised, n=500)
     warm_start_graph(model, ds.labels_normalised, order, steps=1500)
     assert shd(model.graph(), ds.graph) == 0
@@ -104,7 +104,7 @@ def test_near_ties_are_broken_by_the_sparsest_graph():
     # (position is nearly additive in the two angles); that order needs 5 edges, the true one 4.
     ds = Pendulum(split="train", size=16)
     pyro.set_rng_seed(1)
-    model = CausalVAE(ds.concepts, ds.image_shape, concept_dim=1)
+    model = CausalVAE(ds.concepts, ds.image_shape, style_dim=1)
     order, _, candidates = choose_order_and_warm_start(model, ds.labels_normalised, seed=1, steps=1500)
     assert candidates[0]["order"][:2] == [1, 3]  # the best-scoring order is a wrong one...
     assert set(order[:2]) == {0, 1} and shd(model.graph(), ds.graph) == 0  # ...and is not chosen
@@ -129,17 +129,17 @@ def test_redundant_edges_drops_a_parent_that_adds_nothing_beyond_the_others():
 
 
 def test_prune_removes_an_edge_from_the_graph_the_equations_and_the_state_dict():
-    model = CausalVAE(("a", "b", "c"), (6,), concept_dim=1, hidden=8, mechanism_hidden=4)
+    model = CausalVAE(("a", "b", "c"), (6,), style_dim=1, hidden=8, mechanism_hidden=4)
     model.init_from_order([0, 1, 2])
     with torch.no_grad():
         model.A_raw.copy_(torch.tensor([[0.0, 0.5, 0.3], [0.0, 0.0, 0.6], [0.0, 0.0, 0.0]]))
     assert set(model.graph().edges()) == {("a", "b"), ("a", "c"), ("b", "c")}
     model.prune([(0, 2)])
     assert set(model.graph().edges()) == {("a", "b"), ("b", "c")}
-    assert 0 not in model.possible_parents()[2]
-    again = CausalVAE(("a", "b", "c"), (6,), concept_dim=1, hidden=8, mechanism_hidden=4)
+    assert 0 not in model.parents()[2]
+    again = CausalVAE(("a", "b", "c"), (6,), style_dim=1, hidden=8, mechanism_hidden=4)
     again.load_state_dict(model.state_dict())
     assert again.pruned == [(0, 2)] and set(again.graph().edges()) == {("a", "b"), ("b", "c")}
-    known = CausalVAE(("a", "b"), (6,), concept_dim=1, graph=[("a", "b")], hidden=8, mechanism_hidden=4)
+    known = CausalVAE(("a", "b"), (6,), style_dim=1, graph=[("a", "b")], hidden=8, mechanism_hidden=4)
     with pytest.raises(ValueError, match="learned graph only"):
         known.prune([(0, 1)])

@@ -25,7 +25,7 @@ def test_fit_returns_history_with_every_term_and_is_deterministic():
         hist = fit(model, ds, epochs=2, batch_size=16, seed=3, al_every=2, progress=False)
         runs.append(params(model))
     assert len(hist) == 2
-    for term in ("recon", "kl", "labels", "dag", "label_loss", "mask_loss", "sparsity", "loss", "h"):
+    for term in ("recon", "kl", "labels", "encoder", "label_loss", "dag", "sparsity", "path", "loss", "h"):
         assert all(isinstance(v, float) for v in hist[term])
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
@@ -111,7 +111,7 @@ class Raw:
         (Raw(torch.zeros(4, 1, 16, 16, dtype=torch.uint8), torch.zeros(4, 3)), "model expects"),
         (Raw(torch.full((4, 3, 16, 16), float("nan")), torch.zeros(4, 3)), "images has non-finite"),
         (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.zeros(4, 2)), r"labels have shape \[4, 2\]"),
-        (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.tensor([[0.0, float("inf"), 0.0]] * 4)), "labels has non-finite"),
+        (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.tensor([[0.0, float("inf"), 0.0]] * 4)), "labels hold inf"),
         (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.zeros(4, 3), ("a", "b", "zz")), r"unknown to the model: \['zz'\]"),
     ],
 )
@@ -141,8 +141,8 @@ def test_bad_settings(kw, match, monkeypatch):
 
 
 def test_loss_weights_are_validated():
-    with pytest.raises(ValueError, match="mask_loss"):
-        LossWeights(mask_loss=-1)
+    with pytest.raises(ValueError, match="encoder"):
+        LossWeights(encoder=-1)
 
 
 def test_unlabelled_dataset_trains():
@@ -157,7 +157,7 @@ def test_cli_train_writes_run_and_figures(tmp_path, capsys):
     folder = ds.to_folder(tmp_path / "data")
     out = tmp_path / "run"
     code = main(["train", "--dataset", "folder", "--root", str(folder), "--labels", str(folder / "labels.csv"),
-                 "--epochs", "1", "--batch-size", "16", "--concept-dim", "2",
+                 "--epochs", "1", "--batch-size", "16", "--style-dim", "2",
                  "--graph", "a->b,b->c", "--out", str(out), "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0, text
@@ -199,7 +199,7 @@ def test_cli_train_celeba_on_a_fake_folder(tmp_path, capsys):
     write_fake_celeba(root)
     out = tmp_path / "run"
     code = main(["train", "--dataset", "celeba", "--root", str(root), "--subset", "smile", "--size", "16",
-                 "--epochs", "1", "--batch-size", "4", "--concept-dim", "1", "--graph", "true", "--out", str(out), "--no-progress"])
+                 "--epochs", "1", "--batch-size", "4", "--style-dim", "1", "--graph", "true", "--out", str(out), "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "Smiling->Narrow_Eyes" in text and "SHD 0" in text
@@ -210,7 +210,7 @@ def test_cli_intervene_and_counterfactual_on_a_trained_run(tmp_path, capsys):
     folder = ds.to_folder(tmp_path / "data")
     run = tmp_path / "run"
     assert main(["train", "--dataset", "folder", "--root", str(folder), "--labels", str(folder / "labels.csv"), "--epochs", "1",
-                 "--batch-size", "16", "--concept-dim", "2", "--graph", "a->b,b->c", "--out", str(run), "--no-progress"]) == 0
+                 "--batch-size", "16", "--style-dim", "2", "--graph", "a->b,b->c", "--out", str(run), "--no-progress"]) == 0
     assert main(["intervene", str(run), "--concept", "a", "--concept", "c", "--sweep", "3"]) == 0
     assert (run / "intervention_grid.png").stat().st_size > 1000
     assert main(["intervene", str(run), "--concept", "b", "--values", "0.2", "0.4", "--image", str(folder / sorted(p.name for p in folder.glob("*.png"))[0]),

@@ -119,7 +119,8 @@ class ConceptImageDataset(Dataset):
             loc = _as_vector(label_loc, k, "label_loc")
         elif label_t is not None and label_t.shape[0] > 0:
             # halves first: (min + max) would overflow float32 for labels near its largest value
-            loc = label_t.amin(0) / 2 + label_t.amax(0) / 2
+            lo, hi = _nan_range(label_t)
+            loc = lo / 2 + hi / 2
         else:
             loc = torch.zeros(k)
         if label_scale is not None:
@@ -131,7 +132,8 @@ class ConceptImageDataset(Dataset):
                 )
             check_scale(scale, "label_scale", concepts)
         elif label_t is not None and label_t.shape[0] > 0:
-            scale = label_t.amax(0) / 2 - label_t.amin(0) / 2
+            lo, hi = _nan_range(label_t)
+            scale = hi / 2 - lo / 2
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         else:
             scale = torch.ones(k)
@@ -347,19 +349,30 @@ def _labels_tensor(labels) -> torch.Tensor:
     return t.to(device="cpu", dtype=torch.float32).clone()
 
 
+def _nan_range(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column min and max of ``[N, K]`` labels, ignoring NaN (missing labels)."""
+    nan = torch.isnan(labels)
+    return (labels.masked_fill(nan, float("inf")).amin(0), labels.masked_fill(nan, float("-inf")).amax(0))
+
+
 def _check_label_columns(labels: torch.Tensor, concepts: Sequence[str]) -> None:
-    bad = ~torch.isfinite(labels)
+    """NaN is a missing label; +-inf is refused, and so is a column with no label at all."""
+    bad = torch.isinf(labels)
     if bad.any():
         row, col = (int(i) for i in bad.nonzero()[0])
         raise ValueError(
             f"labels of concept {concepts[col]!r} (column {col}) are not finite: {float(labels[row, col])} "
-            f"in row {row} ({int(bad[:, col].sum())} bad entries in that column)"
+            f"in row {row} ({int(bad[:, col].sum())} bad entries in that column; NaN marks a missing label)"
         )
+    if labels.shape[0]:
+        empty = [c for c, e in zip(concepts, torch.isnan(labels).all(0).tolist()) if e]
+        if empty:
+            raise ValueError(f"concept(s) {empty} have no label at all (every entry NaN); leave them out or label some images")
 
 
 def _check_normalised(labels: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, concepts: Sequence[str]) -> None:
     """Raise ``ValueError`` if ``(labels - loc) / scale`` overflows float32 (the model would see inf)."""
-    bad = ~torch.isfinite((labels - loc) / scale)
+    bad = torch.isinf((labels - loc) / scale)
     if bad.any():
         row, col = (int(i) for i in bad.nonzero()[0])
         raise ValueError(

@@ -1,6 +1,6 @@
 """The MIC / TIC protocol of this project (the paper publishes none).
 
-For each concept: the posterior mean of its latent block, averaged over the block's dims, against that
+For each concept: the posterior mean of its concept value (the guide's reading), against that
 concept's ground-truth label, on the test split; MINE statistics with minepy's defaults
 (:mod:`pyro_causalvae.metrics.mic`: alpha = 0.6, c = 15, MIC approx, TIC normalised). The headline
 numbers are the means over concepts of the matched pairs, x 100. The full concept x label matrices are
@@ -20,7 +20,7 @@ from .mic import mic_matrix
 def mic_tic_scores(latents: np.ndarray, labels: np.ndarray, concepts: Sequence[str]) -> dict:
     """The protocol's numbers from per-concept latents and labels.
 
-    :param latents: ``[N, K]`` one value per image and concept (the block mean of the posterior mean).
+    :param latents: ``[N, K]`` one value per image and concept (the posterior mean).
     :param labels: ``[N, K]`` the concepts' labels, same column order.
     :returns: ``{"mic": float, "tic": float}`` (x 100, means over the matched pairs), the matrices
         ``"mic_matrix"`` / ``"tic_matrix"`` (``[K latent, K label]`` lists, x 100) and ``"per_concept"``.
@@ -42,7 +42,7 @@ def mic_tic_scores(latents: np.ndarray, labels: np.ndarray, concepts: Sequence[s
 
 @torch.no_grad()
 def concept_latents(model, images, batch_size: int = 256) -> np.ndarray:
-    """``[N, K]``: for each image, the posterior mean of each concept block averaged over its dims.
+    """``[N, K]``: for each image, the posterior mean of each concept.
 
     :param images: ``[N, C, H, W]`` uint8 or float in [0, 1], or a dataset whose items are
         ``(image, labels)`` (images read from disk, e.g. ``CelebA(preload=False)``).
@@ -58,7 +58,7 @@ def concept_latents(model, images, batch_size: int = 256) -> np.ndarray:
     for x in batches:
         x = x.to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        out.append(model.encode(x).mean(-1).cpu())
+        out.append(model.encode(x).cpu())
     return torch.cat(out).numpy()
 
 
