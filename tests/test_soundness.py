@@ -240,3 +240,10 @@ class MeanColourJudge:
 
     def predict(self, x):
         return x.float().mean(dim=(1, 2, 3), keepdim=False)[:, None].expand(-1, self.k).contiguous()
+
+
+def test_a_shadow_off_the_image_edge_is_not_readable():
+    scm = PendulumSCM()
+    lab = torch.tensor([[0.0, 1.5, 5.0, 10.0], [0.0, 1.5, 5.0, 19.0], [0.0, 1.5, 5.0, 2.0], [0.0, 1.5, 3.0, 18.5]])
+    assert scm.readable(lab).tolist() == [True, False, False, True]
+    assert bool(FlowSCM().readable(FlowSCM().sample(5, seed=0)).all())

@@ -289,6 +289,7 @@ def load_judge(scm, settings: JudgeSettings | None = None, cache_dir: str | Path
     os.close(fd)
     try:
         torch.save(blob, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is for every user of the machine
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
