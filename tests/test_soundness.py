@@ -247,3 +247,16 @@ def test_a_shadow_off_the_image_edge_is_not_readable():
     lab = torch.tensor([[0.0, 1.5, 5.0, 10.0], [0.0, 1.5, 5.0, 19.0], [0.0, 1.5, 5.0, 2.0], [0.0, 1.5, 3.0, 18.5]])
     assert scm.readable(lab).tolist() == [True, False, False, True]
     assert bool(FlowSCM().readable(FlowSCM().sample(5, seed=0)).all())
+
+
+def test_unreadable_factual_scenes_are_left_out():
+    scm = PendulumSCM()
+    sim, judge, labels, x = _world(scm, n=10)
+    off = labels[:1].clone()
+    off[0, 3] = 19.5  # the shadow runs off the right edge
+    labels2, x2 = torch.cat([labels, off]), torch.cat([x, sim.render(off)])
+    res = evaluate_soundness(sim, scm, x2, labels2, {"oracle": judge}, concepts=["light_angle"], composition_steps=1,
+                             composition_images=2, mic_images=0)
+    assert res["unreadable_dropped"] == 1 and res["n"] == len(labels)
+    with pytest.raises(ValueError, match="readable"):
+        evaluate_soundness(sim, scm, x2[-1:], labels2[-1:], {"oracle": judge}, mic_images=0)

@@ -82,7 +82,9 @@ def evaluate_soundness(model, scm, images: torch.Tensor, labels: torch.Tensor, j
 
     :param model: a counterfactual image model (:mod:`~pyro_causalvae.metrics.model_api`) whose
         concepts are the SCM's, in its order.
-    :param images: ``[n, 3, H, W]`` factual images (uint8, or float in [0, 1]), renders of ``labels``.
+    :param images: ``[n, 3, H, W]`` factual images (uint8, or float in [0, 1]), renders of ``labels``;
+        those whose scene is not readable (:meth:`SCM.readable`) are left out (counted in
+        ``"unreadable_dropped"``).
     :param labels: ``[n, K]`` their true labels, natural units.
     :param judges: ``{name: judge}``, each with ``predict(images) -> [N, K]`` normalised labels.
     :param concepts: the concepts to intervene on (default: all).
@@ -108,14 +110,19 @@ def evaluate_soundness(model, scm, images: torch.Tensor, labels: torch.Tensor, j
     if not judges:
         raise ValueError("need at least one judge")
     size = int(images.shape[-1])
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     labels = labels.float().cpu()
+    readable = scm.readable(labels)  # [n]: scenes whose concepts a judge can read at all
+    if not bool(readable.any()):
+        raise ValueError("none of the images shows a readable scene (SCM.readable)")
+    images, labels = images[readable], labels[readable]
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     u = ((labels - scm.label_loc) / scm.label_scale).numpy()  # [n, K]
     recon = reconstructions(model, x, batch_size)  # [n, 3, H, W]
     judged_recon = {j: judge.predict(recon).numpy() for j, judge in judges.items()}  # [n, K] each
     judged_x = {j: judge.predict(x).numpy() for j, judge in judges.items()}
     out = {
         "n": int(x.shape[0]),
+        "unreadable_dropped": int((~readable).sum()),
         "reconstruction": {
             "mse": float(((recon - x) ** 2).mean()), "l1": float((recon - x).abs().mean()),
             "judge_r2": {j: {c: r2_score(u[:, k], judged_recon[j][:, k]) for k, c in enumerate(names)} for j in judges},
