@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .mic import mic_matrix
+from .model_api import read_concepts
 
 
 def mic_tic_scores(latents: np.ndarray, labels: np.ndarray, concepts: Sequence[str]) -> dict:
@@ -58,7 +59,7 @@ def concept_latents(model, images, batch_size: int = 256) -> np.ndarray:
     for x in batches:
         x = x.to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        out.append(model.encode(x).cpu())
+        out.append(read_concepts(model, x).cpu())
     return torch.cat(out).numpy()
 
 
