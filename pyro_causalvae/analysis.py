@@ -305,7 +305,7 @@ def _guide_draws(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, num:
         z = model_tr.nodes["_RETURN"]["value"]  # [s, N, K] (or [1, N, K] when nothing was drawn)
         if predictive is not None:
             mean = model_tr.nodes["x"]["value"].expand(s, N, *model.image_shape)
-            xs.append(mean if predictive == "mean" else mean + model.pixel_scale * torch.randn_like(mean))
+            xs.append(mean if predictive == "mean" else mean + model.pixel_scales() * torch.randn_like(mean))
         zs.append(z.expand(s, *z.shape[-2:]))
         if model.style_dim:
             ss.append(guide_tr.nodes[STYLE]["value"])
@@ -337,7 +337,7 @@ def to_inference_data(
     - ``posterior_predictive["x"]`` (``posterior_predictive`` set): ``(chain, draw, image, *pixel dims)``
       with pixel dims ``(channel, row, column)`` for images and ``(feature,)`` for flat observations:
       the decoder mean (``True`` or ``"mean"``) or a sample of ``p(x | c, style)`` (``"sample"``: the mean plus
-      Normal pixel noise of std ``model.pixel_scale``, not clipped to [0, 1]). ``observed_data["x"]``
+      Normal pixel noise of std ``model.pixel_scales()``, not clipped to [0, 1]). ``observed_data["x"]``
       then holds the images.
     - ``observed_data["labels"]`` (``u`` given): ``(image, concept)``, ``u`` as given.
 

@@ -44,7 +44,7 @@ from pyro.distributions.util import scale_and_mask
 
 from .model import STYLE, CausalVAE, unobserved_site
 
-TERMS = ("recon", "kl", "labels", "encoder", "label_loss", "dag", "sparsity", "path", "order_prior")
+TERMS = ("recon", "kl", "labels", "encoder", "cycle", "label_loss", "dag", "sparsity", "path", "order_prior")
 
 
 @dataclass
@@ -68,7 +68,8 @@ class LossWeights:
 
     kl: float = 1.0
     labels: float = 1.0
-    encoder: float = 10.0
+    encoder: float = 100.0
+    cycle: float = 0.0
     label_loss: float = 1.0
     sparsity: float = 0.002
     path: float = 0.02
@@ -90,8 +91,25 @@ def _site_log_prob(site: dict) -> torch.Tensor:
     return scale_and_mask(lp, site["scale"], site["mask"]).sum()
 
 
+def cycle_term(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, post, scale: float = 0.05) -> torch.Tensor:
+    """Counterfactual consistency: each image under a random ``do(c_k = v)`` (``k`` and ``v`` uniform over
+    the concepts and ``[-1, 1]``), decoded, is read back by the encoder (its weights held), which must find
+    the counterfactual concepts: ``sum_i (read_i - c'_i)^2 / (2 scale^2)`` per image. The decoder then has
+    to draw each concept so that its own reading follows it (Ribeiro et al., ICML 2023 train counterfactuals
+    with such anti-causal predictors)."""
+    N, K = x.shape[0], len(model.concepts)
+    c = post.loc.detach() if u is None else torch.where(torch.isnan(u), post.loc.detach(), u)
+    k = torch.randint(0, K, (N,), device=x.device)
+    v = torch.rand(N, device=x.device) * 2 - 1
+    target = model.counterfactual_concepts(c, k, v).detach()
+    x_cf = model.decode(target, post.style_loc.detach() if model.style_dim else None)
+    frozen = {n: p.detach() for n, p in model.encoder.named_parameters()}
+    out = torch.func.functional_call(model.encoder, frozen, (x_cf,)).reshape(N, 2, -1)[:, 0, :K].float()
+    return ((out - target) ** 2).sum(-1).mean() / (2 * scale**2)
+
+
 def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
-               hide: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               hide: torch.Tensor | None = None, cycle: bool = False) -> dict[str, torch.Tensor]:
     """Each loss term as a scalar tensor (per image where it applies), unweighted.
 
     :param x: images ``[N, C, H, W]`` in [0, 1].
@@ -142,7 +160,8 @@ def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
         order_prior = (Aa * model.order_penalty).sum()
     else:
         label_loss = dag = sparsity = path = order_prior = x.new_zeros(())
-    return dict(recon=recon, kl=kl / N, labels=labels / N, encoder=encoder, label_loss=label_loss, dag=dag,
+    cyc = cycle_term(model, x, u, post) if cycle else x.new_zeros(())
+    return dict(recon=recon, kl=kl / N, labels=labels / N, encoder=encoder, cycle=cyc, label_loss=label_loss, dag=dag,
                 sparsity=sparsity, path=path, order_prior=order_prior)
 
 
@@ -153,6 +172,7 @@ def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
         + w.kl * terms["kl"]
         + w.labels * terms["labels"]
         + w.encoder * terms["encoder"]
+        + w.cycle * terms["cycle"]
         + w.label_loss * terms["label_loss"]
         + terms["dag"]
         + w.sparsity * terms["sparsity"]

@@ -90,6 +90,9 @@ DECODERS = ("joint", "composite")
 #: the smallest noise scale ``s_i`` (normalised label units): keeps deterministic children's densities finite
 MIN_NOISE_SCALE = 1e-3
 
+#: the smallest learned pixel scale (about one grey level of 8-bit images)
+MIN_PIXEL_SCALE = 0.005
+
 #: site name of the style latents
 STYLE = "style"
 
@@ -172,7 +175,8 @@ class CausalVAE(PyroModule):
     :param channels: conv channels of the encoder and decoder.
     :param hidden: width of the MLP layers.
     :param mechanism_hidden: width of the MLP mechanisms.
-    :param pixel_scale: std of the Normal likelihood of the pixels (images in [0, 1]).
+    :param pixel_scale: std of the Normal likelihood of the pixels (images in [0, 1]), or ``"learned"``: one
+        learned std per channel (started at 0.1, at least 0.005: about one grey level of 8-bit images).
     :param edge_threshold: an edge ``j -> i`` is in the graph when ``|A[j, i]| > edge_threshold`` ...
     :param edge_relative: ... and ``|A[j, i]| > edge_relative * max_k |A[k, i]|``.
     :param label_loc: ``[K]`` centre of each label's natural units (for unit conversion), default 0.
@@ -198,7 +202,7 @@ class CausalVAE(PyroModule):
         channels: int = 64,
         hidden: int = 256,
         mechanism_hidden: int = 32,
-        pixel_scale: float = 0.1,
+        pixel_scale: float | str = 0.1,
         edge_threshold: float = 0.02,
         edge_relative: float = 0.2,
         label_loc: Sequence[float] | torch.Tensor | None = None,
@@ -224,7 +228,8 @@ class CausalVAE(PyroModule):
         mechanism = _check_choice(mechanism, "mechanism", MECHANISMS)
         noise = _check_choice(noise, "noise", NOISES)
         decoder = _check_choice(decoder, "decoder", DECODERS)
-        pixel_scale = check_positive_float(pixel_scale, "pixel_scale")
+        if not (isinstance(pixel_scale, str) and pixel_scale == "learned"):
+            pixel_scale = check_positive_float(pixel_scale, "pixel_scale")
         edge_threshold = _check_nonnegative_float(edge_threshold, "edge_threshold")
         edge_relative = _check_nonnegative_float(edge_relative, "edge_relative")
         if edge_relative > 1:
@@ -268,6 +273,9 @@ class CausalVAE(PyroModule):
         init = support.clone() if not self.spec.learned else torch.zeros(K, K)
         self.A_raw = torch.nn.Parameter(init)
         self.noise_scale_raw = torch.nn.Parameter(torch.full((K,), -0.5))  # softplus -> about 0.47
+        if pixel_scale == "learned":
+            channels_out = image_shape[0] if len(image_shape) == 3 else 1
+            self.pixel_scale_raw = torch.nn.Parameter(torch.full((channels_out,), math.log(0.1 - MIN_PIXEL_SCALE)))
         self.al = AugmentedLagrangian()
         # The causal order is a plain list (read every step without touching the device), saved in
         # state dicts as extra state; ``order_mask`` is derived from it.
@@ -533,6 +541,42 @@ class CausalVAE(PyroModule):
             values[i] = self.concept_distribution(i, loc, s, splines, not parents[i]).transforms[0](eps[..., i])
         return torch.stack(values, -1)
 
+    def descendants_mask(self) -> torch.Tensor:
+        """``[K, K]`` booleans: ``[k, i]`` is True when concept ``i`` is a descendant of ``k`` in :meth:`graph`."""
+        K = len(self.concepts)
+        g = self.graph()
+        idx = {c: i for i, c in enumerate(self.concepts)}
+        mask = torch.zeros(K, K, dtype=torch.bool)
+        for c in self.concepts:
+            for d in nx.descendants(g, c):
+                mask[idx[c], idx[d]] = True
+        return mask.to(self.label_loc.device)
+
+    def counterfactual_concepts(self, c: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Counterfactual concept values as a tensor function (differentiable, no Pyro sites): image ``n``
+        under ``do(concept k[n] = v[n])``. Every concept keeps its abducted exogenous term (the noise is
+        additive: ``c_i - g_i(parents)``), descendants of ``k[n]`` are recomputed through their mechanisms,
+        everything else is unchanged; the same values as :func:`pyro_causalvae.queries.counterfactual`.
+
+        :param c: factual concept values ``[N, K]`` (normalised).
+        :param k: ``[N]`` indices of the intervened concept; :param v: ``[N]`` values (normalised).
+        :returns: ``[N, K]``.
+        """
+        A = self.scm_adjacency()
+        parents = self.parents()
+        moved = self.descendants_mask()[k]  # [N, K]
+        K = len(self.concepts)
+        cols = list(c.unbind(-1))
+        fact = list(c.unbind(-1))
+        for i in self.order:
+            hit = k == i
+            if parents[i]:
+                g_fact = self.mechanisms(self._inputs(fact, parents[i], [], c.shape[0]), A, i)
+                g_cf = self.mechanisms(self._inputs(cols, parents[i], [], c.shape[0]), A, i)
+                cols[i] = torch.where(moved[:, i], g_cf + (fact[i] - g_fact), cols[i])
+            cols[i] = torch.where(hit, v, cols[i])
+        return torch.stack(cols, -1) if K else c
+
     # ------------------------------------------------------------------ Pyro program
     def _batch_size(self, x, u, size) -> int:
         if x is not None:
@@ -630,7 +674,15 @@ class CausalVAE(PyroModule):
                 style = c.new_zeros(*c.shape[:-1], self.style_dim)
             shape = torch.broadcast_shapes(c.shape[:-1], style.shape[:-1])
             c = torch.cat([c.expand(*shape, c.shape[-1]), style.expand(*shape, style.shape[-1])], -1)
+        if isinstance(self.decoder, CompositeConvDecoder):
+            return self.decoder(c, self.decoder_reads())
         return self.decoder(c)
+
+    def decoder_reads(self) -> torch.Tensor:
+        """``[K, K]`` 0/1: the concepts that concept ``i``'s decoder group reads (composite decoder): itself
+        and its children in :meth:`graph` (an effect determined by several causes can then be drawn from
+        the effects' values, never from its causes together; see :class:`~pyro_causalvae.nets.CompositeConvDecoder`)."""
+        return torch.clamp(torch.eye(len(self.concepts), device=self.label_loc.device) + self.edge_mask(), max=1.0)
 
     def _image(self, x: torch.Tensor | None, c: torch.Tensor, style: torch.Tensor | None) -> None:
         loc = self.decode(c, style)
@@ -638,7 +690,14 @@ class CausalVAE(PyroModule):
         if x is None:
             pyro.deterministic("x", loc, event_dim=event)
         else:
-            pyro.sample("x", dist.Normal(loc, self.pixel_scale).to_event(event), obs=x)
+            pyro.sample("x", dist.Normal(loc, self.pixel_scales()).to_event(event), obs=x)
+
+    def pixel_scales(self) -> torch.Tensor | float:
+        """The pixels' Normal std: a float, or ``[C, 1, 1]`` learned per channel (``pixel_scale="learned"``)."""
+        if self.pixel_scale != "learned":
+            return self.pixel_scale
+        s = self.pixel_scale_raw.exp() + MIN_PIXEL_SCALE
+        return s[:, None, None] if len(self.image_shape) == 3 else s
 
     def posterior(self, x: torch.Tensor) -> Posterior:
         """The encoder's Normal posterior over the concepts and the style of images ``x`` (``[N, ...]``)."""

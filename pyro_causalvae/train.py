@@ -80,12 +80,13 @@ class Objective(torch.nn.Module):
     all-reduce of every parameter the terms depend on.
     """
 
-    def __init__(self, model: CausalVAE):
+    def __init__(self, model: CausalVAE, cycle: bool = False):
         super().__init__()
         self.model = model
+        self.cycle = cycle
 
     def forward(self, x: torch.Tensor, u: torch.Tensor | None, hide: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return loss_terms(self.model, x, u, hide)
+        return loss_terms(self.model, x, u, hide, cycle=self.cycle)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -306,7 +307,7 @@ def fit(
         history.equations = D.broadcast(history.equations, ctx)
         model.equations_initialised = True
 
-    objective = Objective(model)
+    objective = Objective(model, cycle=weights.cycle > 0)
     if ctx.distributed:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)  # broadcasts rank 0's weights
