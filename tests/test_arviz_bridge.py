@@ -156,6 +156,22 @@ def test_the_api_was_found_by_trying_it():
     assert A.ARVIZ_1 == (int(A.ARVIZ_VERSION.split(".")[0]) >= 1)  # for the ArviZ releases tested
 
 
+def test_an_arviz_with_neither_api_is_refused_with_both_reasons(monkeypatch):
+    class Neither:
+        __version__ = "9.9"
+
+        def summary(self, data, **kwargs):
+            raise TypeError("summary() got an unexpected keyword argument")
+
+        def InferenceData(self, **groups):  # noqa: N802  (ArviZ's name)
+            raise TypeError("__init__() got an unexpected keyword argument 'posterior'")
+
+    monkeypatch.setattr(A, "az", Neither())
+    with pytest.raises(ImportError, match=r"works as neither \(DataTree: TypeError: summary.*; InferenceData: "
+                                          r"TypeError: __init__"):
+        A._probe()
+
+
 def test_from_draws_groups_coords_attrs():
     groups = {"posterior": {"v": (("chain", "draw", "edge"), np.arange(24.0).reshape(1, 6, 4))},
               "observed_data": {"o": (("edge",), np.ones(4))}, "prior": None}
