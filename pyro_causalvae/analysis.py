@@ -6,8 +6,9 @@
 - :func:`intervention_effect`: the distribution of counterfactual concept values under ``do(...)``
   (abduction by sampling the guide, action, prediction: :func:`pyro_causalvae.queries.counterfactual`
   with ``abduction="sample"``), next to the factual values and the per-draw effect.
-- :func:`summary`, :func:`hdi`, :func:`plot_forest`: thin wrappers over ``az.summary`` / ``az.hdi`` /
-  ``az.plot_forest`` that take the same arguments under ArviZ 0.x and 1.x.
+- :func:`summary`, :func:`hdi`, :func:`plot_forest` (re-exported from :mod:`pyro_causalvae._arviz`):
+  ``az.summary`` / ``az.hdi`` / ``az.plot_forest`` with the same arguments and the same numbers under
+  ArviZ 0.x and 1.x.
 
 Layout of the ArviZ objects (one design for every function here):
 
@@ -22,189 +23,56 @@ Layout of the ArviZ objects (one design for every function here):
 A *concept value* is the value of the concept's sample site (normalised label units in the model, shown
 in ``units``): what :mod:`pyro_causalvae.queries` reports too. Draws are i.i.d. from the amortised
 guide (no MCMC): ``chain`` only splits them into independent batches, so ``r_hat`` and ``ess`` are
-trivially good; use ``kind="stats"`` in ``az.summary``.
+trivially good; :func:`summary` shows the statistics only (``kind="stats"``) by default.
 
-ArviZ versions. ArviZ 0.x (0.23 here) stores groups in an ``arviz.InferenceData``; ArviZ >= 1.0 (Python
->= 3.12) uses an ``xarray.DataTree`` with one child node per group. Both are built here from the same
-``xarray.Dataset`` per group (:func:`make_inference_data`); :data:`ARVIZ_1` says which one you get. Both
-support ``data["posterior"]`` and ArviZ's functions; the keyword arguments of ``az.summary``,
-``az.hdi`` and ``az.plot_forest`` differ between the versions (``hdi_prob`` vs ``ci_prob`` /
-``ci_probs``), which the wrappers :func:`summary`, :func:`hdi` and :func:`plot_forest` hide.
+ArviZ versions. ArviZ 0.x (0.23 on Python 3.11) stores groups in an ``arviz.InferenceData``; ArviZ >= 1.0
+(Python >= 3.12) uses an ``xarray.DataTree`` with one child node per group. The functions here hand plain
+arrays of draws to :func:`pyro_causalvae._arviz.from_draws`, which builds the installed version's object;
+:data:`ARVIZ_1` says which one you get (found by trying the installed ArviZ, not from its version
+number). :func:`get_group` reads a group as an ``xarray.Dataset`` under both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-import xarray as xr
 
+from ._arviz import (  # noqa: F401  (az, SAMPLE_DIMS, check_prob: for callers of analysis)
+    ARVIZ_1,
+    ARVIZ_VERSION,
+    SAMPLE_DIMS,
+    az,
+    check_prob,
+    forest_intervals,
+    from_draws,
+    get_group,
+    hdi,
+    plot_forest,
+    summary,
+)
 from ._validation import check_do, check_finite
 from .model import STYLE, CausalVAE
 from .queries import check_images, counterfactual
 
-with warnings.catch_warnings():
-    # ArviZ 0.x announces its 1.0 refactor with a FutureWarning on import; it is not about this code.
-    warnings.filterwarnings("ignore", message=".*ArviZ is undergoing a major refactor.*", category=FutureWarning)
-    import arviz as az
-
 __all__ = [
     "ARVIZ_1",
     "ARVIZ_VERSION",
+    "forest_intervals",
+    "from_draws",
     "get_group",
     "hdi",
     "intervention_effect",
-    "make_inference_data",
     "plot_forest",
     "summary",
     "to_inference_data",
 ]
-
-
-def _major_version(version: str) -> int:
-    m = re.match(r"\s*(\d+)", str(version))
-    return int(m.group(1)) if m else 0
-
-
-#: the installed ArviZ version string
-ARVIZ_VERSION: str = getattr(az, "__version__", "0")
-#: ``True`` under ArviZ >= 1.0 (objects are ``xarray.DataTree``), ``False`` under 0.x (``InferenceData``)
-ARVIZ_1: bool = _major_version(ARVIZ_VERSION) >= 1
-
-SAMPLE_DIMS = ("chain", "draw")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# ArviZ 0.x / 1.x compatibility layer
-# ---------------------------------------------------------------------------------------------------------
-def _with_attrs(ds: xr.Dataset, attrs: dict) -> xr.Dataset:
-    ds = ds.copy()  # shallow: the arrays are shared, the attributes are not
-    ds.attrs = {**ds.attrs, **attrs}
-    return ds
-
-
-def _as_inferencedata(groups: dict[str, xr.Dataset], attrs: dict):
-    """ArviZ 0.x: ``az.InferenceData(posterior=..., ...)`` (custom group names are allowed)."""
-    groups = {name: _with_attrs(ds, attrs) for name, ds in groups.items()}
-    return az.InferenceData(**groups)
-
-
-def _as_datatree(groups: dict[str, xr.Dataset], attrs: dict):
-    """ArviZ 1.x: an ``xarray.DataTree`` with one child node per group (what ``arviz_base.from_dict``
-    builds), global attributes on the root."""
-    groups = {name: _with_attrs(ds, attrs) for name, ds in groups.items()}
-    tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in groups.items()})
-    tree.attrs.update(attrs)
-    return tree
-
-
-def make_inference_data(groups: Mapping[str, xr.Dataset | None], attrs: Mapping | None = None):
-    """Bundle one ``xarray.Dataset`` per group into the installed ArviZ's container.
-
-    :param groups: ``{group name: Dataset}`` (``None`` values are skipped); sampled groups carry the
-        dims ``("chain", "draw", ...)``.
-    :param attrs: attributes (strings / numbers) set on every group (and on the root of a DataTree).
-    :returns: an ``arviz.InferenceData`` under ArviZ 0.x, an ``xarray.DataTree`` under ArviZ >= 1.0.
-    """
-    groups = {k: v for k, v in groups.items() if v is not None}
-    attrs = dict(attrs or {})
-    return _as_datatree(groups, attrs) if ARVIZ_1 else _as_inferencedata(groups, attrs)
-
-
-def get_group(data, group: str) -> xr.Dataset:
-    """The ``xarray.Dataset`` of one group of an ``InferenceData`` (ArviZ 0.x) or a ``DataTree`` (1.x).
-
-    :raises KeyError: if the group is missing.
-    """
-    if hasattr(xr, "DataTree") and isinstance(data, xr.DataTree):
-        if group not in data.children:
-            raise KeyError(f"no group {group!r}; groups are {list(data.children)}")
-        return data[group].to_dataset()
-    if group not in data.groups():
-        raise KeyError(f"no group {group!r}; groups are {list(data.groups())}")
-    return data[group]
-
-
-def _check_prob(prob: float) -> float:
-    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob < 1:
-        raise ValueError(f"prob must be a number in (0, 1), got {prob!r}")
-    return float(prob)
-
-
-def summary(data, var_names: Sequence[str] | None = None, coords: Mapping | None = None, prob: float = 0.94,
-            kind: str = "stats", **kwargs):
-    """``az.summary`` with the HDI at ``prob``, the same call under ArviZ 0.x and 1.x.
-
-    :param data: an object from this module (or any ArviZ object).
-    :param var_names: variables of the posterior to summarise (default all).
-    :param coords: a selection, e.g. ``{"concept": ["light_angle"], "image": [0]}``.
-    :param prob: HDI probability (0.x: ``hdi_prob``; 1.x: ``ci_prob`` with ``ci_kind="hdi"``).
-    :param kind: ``"stats"`` (default: mean, sd, HDI), or ``"all"`` to add the sampling diagnostics.
-    :returns: a ``pandas.DataFrame``, one row per scalar.
-    """
-    prob = _check_prob(prob)
-    var_names = list(var_names) if var_names is not None else None
-    if ARVIZ_1:
-        return az.summary(data, var_names=var_names, coords=coords, kind=kind, ci_prob=prob, ci_kind="hdi", **kwargs)
-    return az.summary(data, var_names=var_names, coords=coords, kind=kind, hdi_prob=prob, **kwargs)
-
-
-def hdi(data, var_names: Sequence[str] | None = None, coords: Mapping | None = None, prob: float = 0.94, **kwargs):
-    """``az.hdi`` at ``prob`` (0.x: ``hdi_prob``; 1.x: ``prob``) on the posterior group.
-
-    :returns: an ``xarray.Dataset`` with the sample dims replaced by a two-value bound dim
-        (``hdi`` in 0.x, ``ci_bound`` in 1.x).
-    """
-    prob = _check_prob(prob)
-    var_names = list(var_names) if var_names is not None else None
-    if ARVIZ_1:
-        return _tree_to_dataset(az.hdi(data, var_names=var_names, coords=coords, prob=prob, **kwargs))
-    return az.hdi(data, var_names=var_names, coords=coords, hdi_prob=prob, **kwargs)
-
-
-def _tree_to_dataset(result, group: str = "posterior"):
-    """A ``DataTree`` result (ArviZ 1.x on a tree) as the Dataset of ``group``; anything else unchanged."""
-    if hasattr(xr, "DataTree") and isinstance(result, xr.DataTree):
-        return result[group].to_dataset() if group in result.children else result.to_dataset()
-    return result
-
-
-def plot_forest(data, var_names: Sequence[str] | None = None, coords: Mapping | None = None, prob: float = 0.94,
-                combined: bool = True, **kwargs):
-    """``az.plot_forest`` with HDIs at ``prob``, the same call under ArviZ 0.x and 1.x.
-
-    :param data: one ArviZ object (or ``xarray.Dataset`` of draws), or a ``dict`` ``{label: object}`` to
-        compare several (e.g. the factual and counterfactual posteriors), drawn side by side per variable.
-    :param var_names: variables to draw (default all in the posterior).
-    :param coords: a selection, e.g. ``{"image": [0]}``.
-    :param prob: outer interval probability (0.x: ``hdi_prob``; 1.x: ``ci_probs=(0.5, prob)``,
-        ``ci_kind="hdi"``).
-    :param combined: pool the chains.
-    :param kwargs: passed to ``az.plot_forest`` (``figsize`` works under both versions).
-    :returns: what ``az.plot_forest`` returns: matplotlib axes (0.x) or a ``PlotCollection`` (1.x).
-    """
-    prob = _check_prob(prob)
-    var_names = list(var_names) if var_names is not None else None
-    if ARVIZ_1:
-        probs = (0.5, prob) if prob > 0.5 else (prob / 2, prob)
-        if "figsize" in kwargs:  # 1.x takes the figure size through the PlotCollection's figure_kwargs
-            kwargs["figure_kwargs"] = {**kwargs.get("figure_kwargs", {}), "figsize": kwargs.pop("figsize")}
-        if isinstance(data, dict):  # {label: DataTree}: a Dataset of draws becomes a tree's posterior
-            data = {k: _as_datatree({"posterior": v.copy()}, {}) if isinstance(v, xr.Dataset) else v
-                    for k, v in data.items()}
-        return az.plot_forest(data, var_names=var_names, coords=coords, combined=combined, ci_kind="hdi",
-                              ci_probs=probs, **kwargs)
-    if isinstance(data, dict):  # (InferenceData and DataTree are Mappings themselves)
-        kwargs.setdefault("model_names", list(data.keys()))
-        data = list(data.values())
-    return az.plot_forest(data, var_names=var_names, coords=coords, combined=combined, hdi_prob=prob, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -387,20 +255,18 @@ def to_inference_data(
         post["style"] = (("chain", "draw", "image", "style_dim"),
                          _np(style.reshape(num_chains, num_samples, N, model.style_dim)))
         coords["style_dim"] = np.arange(model.style_dim)
-    groups: dict[str, xr.Dataset] = {"posterior": xr.Dataset(post, coords=coords)}
+    groups: dict[str, dict] = {"posterior": post}
 
     pix = _pixel_dims(model)
     observed = {}
     if images is not None:
         images = images.reshape(num_chains, num_samples, N, *model.image_shape)
-        groups["posterior_predictive"] = xr.Dataset(
-            {"x": (("chain", "draw", "image", *pix), _np(images))},
-            coords={k: coords[k] for k in ("chain", "draw", "image")})
+        groups["posterior_predictive"] = {"x": (("chain", "draw", "image", *pix), _np(images))}
         observed["x"] = (("image", *pix), _np(x))
     if labels is not None:
         observed["labels"] = (("image", "concept"), _np(labels))
     if observed:
-        groups["observed_data"] = xr.Dataset(observed, coords={"image": coords["image"], "concept": coords["concept"]})
+        groups["observed_data"] = observed
     attrs = {
         "created_by": "pyro_causalvae.analysis.to_inference_data",
         "inference_library": "pyro",
@@ -409,7 +275,7 @@ def to_inference_data(
         "concept_value": "the concept site's value (the label where labelled)",
         "posterior_predictive": predictive or "none",
     }
-    return make_inference_data(groups, attrs)
+    return from_draws(groups, coords, attrs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -492,20 +358,18 @@ def intervention_effect(
     coords = _sample_coords(num_chains, num_samples, N, model)
     dims = ("chain", "draw", "image", "concept")
     groups = {
-        "posterior": xr.Dataset({"concepts": (dims, _np(cf)), "effect": (dims, _np(cf - fa))}, coords=coords),
-        "factual": xr.Dataset({"concepts": (dims, _np(fa))}, coords=coords),
+        "posterior": {"concepts": (dims, _np(cf)), "effect": (dims, _np(cf - fa))},
+        "factual": {"concepts": (dims, _np(fa))},
     }
-    names = list(values)
+    coords["intervened"] = list(values)
     do_table = torch.stack([v.expand(N) for v in values.values()], dim=-1)  # [N, len(do)]
-    groups["constant_data"] = xr.Dataset({"do": (("image", "intervened"), _np(do_table))},
-                                         coords={"image": coords["image"], "intervened": names})
+    groups["constant_data"] = {"do": (("image", "intervened"), _np(do_table))}
     if posterior_predictive:
         pix = _pixel_dims(model)
         shape = (num_chains, num_samples, N, *model.image_shape)
-        groups["posterior_predictive"] = xr.Dataset(
-            {"x": (("chain", "draw", "image", *pix), _np(torch.cat(out["images"]).reshape(shape))),
-             "x_factual": (("chain", "draw", "image", *pix), _np(torch.cat(out["factual_images"]).reshape(shape)))},
-            coords={k: coords[k] for k in ("chain", "draw", "image")})
+        groups["posterior_predictive"] = {
+            "x": (("chain", "draw", "image", *pix), _np(torch.cat(out["images"]).reshape(shape))),
+            "x_factual": (("chain", "draw", "image", *pix), _np(torch.cat(out["factual_images"]).reshape(shape)))}
     attrs = {
         "created_by": "pyro_causalvae.analysis.intervention_effect",
         "inference_library": "pyro",
@@ -514,4 +378,4 @@ def intervention_effect(
         "units": units,
         "concept_value": "the concept site's value",
     }
-    return make_inference_data(groups, attrs)
+    return from_draws(groups, coords, attrs)

@@ -50,11 +50,10 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-import xarray as xr
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import analysis
+from . import _arviz, analysis
 from ._validation import check_finite
 from .model import CausalVAE
 from .equations import AdditiveNoise, Mechanisms, NoiseSplines
@@ -162,7 +161,7 @@ class GraphPosterior:
 
     def interval(self, prob: float = 0.94) -> torch.Tensor:
         """``[E, 2]`` central credible interval of each weight (the HDI too: ``q`` is Normal)."""
-        prob = analysis._check_prob(prob)
+        prob = _arviz.check_prob(prob)
         z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + prob / 2)).item()
         return torch.stack([self.loc - z * self.scale, self.loc + z * self.scale], dim=-1)
 
@@ -242,23 +241,22 @@ class GraphPosterior:
         coords = {"chain": np.arange(num_chains), "draw": np.arange(num_draws), "edge": self.edge_names}
         dims = ("chain", "draw", "edge")
         draws = self.sample(S, seed).numpy().reshape(num_chains, num_draws, E)
-        groups = {"posterior": xr.Dataset({"A": (dims, draws)}, coords=coords)}
+        groups = {"posterior": {"A": (dims, draws)}}
         if prior:
-            groups["prior"] = xr.Dataset({"A": (dims, self._prior_draws(S, seed).reshape(num_chains, num_draws, E))},
-                                         coords=coords)
-        groups["constant_data"] = xr.Dataset({"A_point": (("edge",), self.point.numpy())},
-                                             coords={"edge": self.edge_names})
+            groups["prior"] = {"A": (dims, self._prior_draws(S, seed).reshape(num_chains, num_draws, E))}
+        groups["constant_data"] = {"A_point": (("edge",), self.point.numpy())}
         attrs = {"created_by": "pyro_causalvae.bayes_graph.GraphPosterior.to_inference_data",
                  "inference_library": "pyro", "inference": "mean-field Normal variational posterior (SVI)",
                  "prior": f"{self.prior}(0, {self.prior_scale:g})"}
-        return analysis.make_inference_data(groups, attrs)
+        return _arviz.from_draws(groups, coords, attrs)
 
     def plot_forest(self, prob: float = 0.94, num_draws: int = 1000, seed: int | None = 0, **kwargs):
-        """Forest plot of the edge weights (``az.plot_forest`` via :func:`pyro_causalvae.analysis.plot_forest`).
+        """Forest plot of the edge weights (``az.plot_forest`` via :func:`pyro_causalvae._arviz.plot_forest`:
+        the same intervals under ArviZ 0.x and 1.x), from ``num_draws`` draws of ``q``.
 
         :returns: matplotlib axes (ArviZ 0.x) or a ``PlotCollection`` (ArviZ >= 1.0).
         """
-        return analysis.plot_forest(self.to_inference_data(num_draws=num_draws, seed=seed, prior=False),
+        return _arviz.plot_forest(self.to_inference_data(num_draws=num_draws, seed=seed, prior=False),
                                     var_names=["A"], prob=prob, **kwargs)
 
     def __repr__(self) -> str:
