@@ -218,9 +218,9 @@ def _resume_conflicts(saved: dict, config: dict, seed: int, state: dict) -> list
         if section in ("model", "fit") or not isinstance(new, dict) or not isinstance(saved.get(section), dict):
             continue
         old = saved[section]
-        for k in sorted(set(old) | set(new)):
-            if k not in _MOVABLE and old.get(k) != new.get(k):
-                out.append(f"{section}.{k} (the run: {_short(old.get(k))}, now: {_short(new.get(k))})")
+        for k in sorted(set(old) & set(new)):  # a key one side lacks was not recorded (another version)
+            if k not in _MOVABLE and old[k] != new[k]:
+                out.append(f"{section}.{k} (the run: {_short(old[k])}, now: {_short(new[k])})")
     return out
 
 
