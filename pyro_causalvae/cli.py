@@ -1,6 +1,7 @@
 """Command line: ``pyro-causalvae demo | train | intervene | counterfactual | evaluate`` (also ``python -m pyro_causalvae``).
 
-Errors are printed as one readable line (exit status 2); ``--debug`` shows the traceback.
+Errors are printed as one readable line (exit status 2), whatever raised them; ``--debug`` (before or
+after the subcommand) shows the traceback instead. docs/hardening.md lists the messages.
 
 Data-parallel: ``torchrun --nproc_per_node N -m pyro_causalvae train ...`` (``--batch-size`` is the global
 batch); rank 0 prints, writes the checkpoints and the figures.
@@ -73,6 +74,25 @@ def _weights(items: list[str] | None):
     return LossWeights(**kw)
 
 
+#: the largest ``--size`` (image side in pixels)
+MAX_SIZE = 1024
+#: the most values ``intervene`` draws a grid for (``--sweep``, ``--values``)
+MAX_SWEEP = 100
+
+
+def _check_size(name: str, size) -> None:
+    """``--size`` within [16, MAX_SIZE], and the synthetic images it asks for within the memory budget."""
+    from . import _limits
+    from .datasets import flow, pendulum
+
+    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= MAX_SIZE:
+        raise ValueError(f"--size must be an integer in [16, {MAX_SIZE}] (image side in pixels), got {size!r}")
+    count = {"pendulum": pendulum.N_TRAIN + pendulum.N_TEST, "flow": flow.N_TRAIN + flow.N_TEST}.get(name)
+    if count is not None:
+        _limits.check_memory(count * 3 * size * size, f"--dataset {name} --size {size} ({count} images of "
+                             f"{size}x{size} RGB)")
+
+
 def load_dataset(args, split: str = "train"):
     """Build the dataset named by ``args`` (``--dataset``, ``--root``, ``--labels``, ``--size``...)."""
     from . import datasets
@@ -81,6 +101,8 @@ def load_dataset(args, split: str = "train"):
     size = args.size if args.size is not None else (64 if name == "celeba" else 96)
     if name == "folder" and args.size is not None:
         raise ValueError("--size does not apply to --dataset folder: the images are used at their own size")
+    if name != "folder":
+        _check_size(name, size)
     if name == "pendulum":
         return datasets.Pendulum(split=split, size=size, seed=args.data_seed, noise=args.noise)
     if name == "flow":
@@ -94,11 +116,12 @@ def load_dataset(args, split: str = "train"):
             raise ValueError("--dataset folder needs --root IMAGE_FOLDER and --labels LABELS.csv")
         if split != "train":
             return None
-        return datasets.ConceptImageDataset(args.root, args.labels)
+        return datasets.ConceptImageDataset(args.root, args.labels, follow_symlinks=bool(getattr(args, "follow_symlinks", False)))
     raise ValueError(f"unknown dataset {name!r}")
 
 
 def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    from .distributed import DEFAULT_PEER_TIMEOUT
     from .model import CausalVAE
 
     if not demo:
@@ -107,6 +130,8 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         p.add_argument("--labels", help="labels CSV for --dataset folder (header: concept names, optional filename)")
         p.add_argument("--subset", default="smile", help="CelebA concept subset: smile | beard")
         p.add_argument("--noise", type=float, default=0.0, help="synthetic datasets: observation noise on child concepts")
+        p.add_argument("--follow-symlinks", action="store_true",
+                       help="--dataset folder: read image files that are symbolic links to places outside --root")
     p.add_argument("--size", type=int, default=None if not demo else 96,
                    help="image side in pixels (default: 96 for pendulum/flow, 64 for celeba; folder images are used as they are)")
     p.add_argument("--out", default="runs/demo" if demo else None, required=not demo, help="run directory")
@@ -119,7 +144,14 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (under torchrun: cuda:LOCAL_RANK on each rank)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast the loss to bfloat16")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for images read from disk (celeba)")
-    p.add_argument("--checkpoint-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: epoch ends only)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="write a checkpoint every N steps (0: only at the end; default: by time, see --checkpoint-interval)")
+    p.add_argument("--checkpoint-interval", type=float, default=60.0,
+                   help="without --checkpoint-every: at most one checkpoint per this many seconds (always one at the end)")
+    p.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--force", action="store_true", help="train into a non-empty --out that is not a run (its files may be overwritten)")
+    p.add_argument("--peer-timeout", type=float, default=DEFAULT_PEER_TIMEOUT,
+                   help="torchrun: seconds after which a rank that stopped responding ends the job")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data split")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -155,10 +187,21 @@ def _run_data(cfg: dict, run_dir, purpose: str) -> argparse.Namespace:
     if not isinstance(data, dict):
         raise ValueError(f"{Path(run_dir) / 'config.json'}: the \"data\" section must be a JSON object, got {type(data).__name__}")
     args = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0,
-                                 **data})
+                                 "follow_symlinks": False, **data})
     if getattr(args, "dataset", None) is None:
         raise ValueError(f"{run_dir}: config.json names no dataset{purpose}")
     return args
+
+
+def _check_out_suffix(out, suffix: str) -> None:
+    """``--out`` of a query must name a ``suffix`` file (so that a typo cannot overwrite another file)."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"--out {out} must name a {suffix} file")
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder; name a {suffix} file")
 
 
 def _query_image(args, model, cfg):
@@ -187,6 +230,11 @@ def run_intervene(args) -> int:
     from .checkpoint import CONFIG, load_model, read_json
     from .queries import intervention_grid, sweep_values
 
+    if not args.values and not 1 <= args.sweep <= MAX_SWEEP:
+        raise ValueError(f"--sweep must be >= 1 and at most {MAX_SWEEP}, got {args.sweep}")
+    if args.values and len(args.values) > MAX_SWEEP:
+        raise ValueError(f"--values takes at most {MAX_SWEEP} values, got {len(args.values)}")
+    _check_out_suffix(args.out, ".png")
     model = load_model(args.run_dir)
     cfg = read_json(Path(args.run_dir) / CONFIG)
     concepts = args.concept or list(model.concepts)
@@ -195,8 +243,6 @@ def run_intervene(args) -> int:
             raise ValueError(f"unknown concept {c!r}; the model's concepts are {list(model.concepts)}")
     if args.values and len(concepts) != 1:
         raise ValueError("--values applies to one --concept; use --sweep for several")
-    if not args.values and args.sweep < 1:
-        raise ValueError(f"--sweep must be >= 1, got {args.sweep}")
     x = _query_image(args, model, cfg)
     values = {c: (args.values if args.values else sweep_values(model, c, args.sweep)) for c in concepts}
     grid = intervention_grid(model, x, values)
@@ -215,9 +261,10 @@ def run_counterfactual(args) -> int:
     from . import plotting
     from .checkpoint import CONFIG, load_model, read_json
 
+    do = _do_arg(args.do)
+    _check_out_suffix(args.out, ".png")
     model = load_model(args.run_dir)
     cfg = read_json(Path(args.run_dir) / CONFIG)
-    do = _do_arg(args.do)
     x = _query_image(args, model, cfg)
     out = model.counterfactual(x, do=do)
     print(f"{'concept':<24}{'factual':>12}{'counterfactual':>16}")
@@ -235,6 +282,7 @@ def run_evaluate(args) -> int:
     from .checkpoint import CONFIG, load_model, read_json, write_json
     from .metrics import edge_precision_recall, evaluate_mic_tic, shd
 
+    _check_out_suffix(args.out, ".json")
     model = load_model(args.run_dir)
     cfg = read_json(Path(args.run_dir) / CONFIG)
     data = _run_data(cfg, args.run_dir, " to evaluate on")
@@ -303,34 +351,64 @@ def _check_graph_args(args) -> None:
             raise ValueError(f"--{name} must be a finite number >= 0, got {v}")
 
 
+#: the figures ``train`` writes into --out (besides what fit writes)
+FIGURES = ("losses.png", "graph.png", "reconstructions.png")
+
+
+def _check_out(args) -> None:
+    """--out before any work: not a file, not a folder of other files (unless --force), not a run
+    holding checkpoints without --resume."""
+    from .checkpoint import checkpoints
+    from .rundir import FIT_WRITES, check_out_dir
+
+    out = Path(args.out)
+    check_out_dir(out, force=args.force, writes=FIT_WRITES + FIGURES, flag="--force")
+    if not args.resume and checkpoints(out):
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it, or choose a new --out")
+
+
 def run_training(args, dataset_args) -> int:
     import pyro
     import torch
 
-    from . import distributed, plotting
+    from . import _limits, distributed, plotting
     from .metrics import edge_precision_recall, shd
     from .model import CausalVAE
-    from .train import fit
+    from .train import check_settings, fit
 
     _check_graph_args(args)
-    main_rank = distributed.env_rank() == 0
-    say = print if main_rank else (lambda *a, **k: None)
     weights = _weights(args.weight)
+    check_settings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights, seed=args.seed,
+                   keep_last=args.keep_last, checkpoint_every=args.checkpoint_every,
+                   checkpoint_interval=args.checkpoint_interval, peer_timeout=args.peer_timeout,
+                   precision=args.precision, num_workers=args.workers)
+    main_rank = distributed.env_rank() == 0
+    if main_rank:
+        _check_out(args)
+    say = print if main_rank else (lambda *a, **k: None)
     t0 = time.perf_counter()
     train = load_dataset(dataset_args, "train")
     test = load_dataset(dataset_args, "test")
     say(f"data: {train!r} ({time.perf_counter() - t0:.1f} s)")
     graph = _graph_arg(args.graph, train)
     pyro.set_rng_seed(args.seed)  # the initial weights too
-    model = CausalVAE(train.concepts, train.image_shape, style_dim=args.style_dim, graph=graph,
-                      edge_threshold=args.threshold, edge_relative=args.relative,
+    model_args = dict(style_dim=args.style_dim, graph=graph, edge_threshold=args.threshold, edge_relative=args.relative,
                       label_loc=train.label_loc, label_scale=train.label_scale)
+
+    def build():
+        return CausalVAE(train.concepts, train.image_shape, **model_args)
+
+    _limits.check_model_build(build, model_args, "the command line", factor=4)  # parameters, gradients, Adam moments
+    model = build()
     out = Path(args.out)
     history = fit(model, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights,
                   device=args.device, seed=args.seed, out_dir=out, resume=args.resume, progress=not args.no_progress and main_rank,
-                  checkpoint_every=args.checkpoint_every, precision=args.precision, num_workers=args.workers,
+                  checkpoint_every=args.checkpoint_every, checkpoint_interval=args.checkpoint_interval,
+                  keep_last=args.keep_last, force=args.force, peer_timeout=args.peer_timeout,
+                  precision=args.precision, num_workers=args.workers,
                   extra_config={"data": {k: v for k, v in vars(dataset_args).items() if k in
-                                         ("dataset", "root", "labels", "subset", "noise", "size", "data_seed")}})
+                                         ("dataset", "root", "labels", "subset", "noise", "size", "data_seed",
+                                          "follow_symlinks")}})
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     if not main_rank:
@@ -361,6 +439,28 @@ def run_training(args, dataset_args) -> int:
     return 0
 
 
+#: errors whose message is written for the user (any other type is named in front of its message)
+_OURS = (ValueError, FileNotFoundError, FileExistsError, OSError)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line printed for ``err``: its message with line breaks folded; the exception's type in
+    front where the message is not one of ours (an error from inside a library), and an allocator
+    failure as what it is."""
+    from . import _limits
+    from .train import TrainingDiverged
+
+    oom = _limits.out_of_memory_message(err)
+    if oom is not None:
+        return oom
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    if isinstance(err, _OURS) or isinstance(err, TrainingDiverged) or type(err).__name__ == "PeerLost":
+        return text
+    return f"{type(err).__name__}: {text} (an unexpected error; --debug shows where)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -380,10 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - every error is one line (the traceback with --debug)
         if args.debug:
             raise
-        print(f"pyro-causalvae: error: {err}", file=sys.stderr)
+        print(f"pyro-causalvae: error: {error_line(err)}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2

@@ -50,6 +50,14 @@ def train(epochs: int = 2, run: str | None = None, mean: bool = False, resume: b
     return model, hist
 
 
+def die_after(step: int):
+    """A callback that ends this process (as a crash would) once the epoch ending at ``step`` is checkpointed."""
+    def callback(epoch, row):
+        if row["step"] >= step:
+            os._exit(1)
+    return callback
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser()
@@ -58,8 +66,15 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--mean-guide", action="store_true")
     ap.add_argument("--checkpoint-every", type=int, default=200)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--crash-rank1-at-step", type=int, help="first attempt only (TORCHELASTIC_RESTART_COUNT=0)")
     args = ap.parse_args()
-    model, hist = train(args.epochs, args.run_dir, args.mean_guide, checkpoint_every=args.checkpoint_every)
+    kw = {}
+    if (args.crash_rank1_at_step and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+            and os.environ.get("RANK") == "1"):
+        kw["callback"] = die_after(args.crash_rank1_at_step)
+    model, hist = train(args.epochs, args.run_dir, args.mean_guide, resume=args.resume,
+                        checkpoint_every=args.checkpoint_every, **kw)
     rank = torch.distributed.get_rank()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,8 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     for k, v in params(full).items():
         assert_close(params(resumed)[k], v, msg=k)
     assert resumed.order == full.order
-    assert [p.name for p in ckpt.checkpoints(tmp_path / "part")] == ["checkpoint-00000003.pt", "checkpoint-00000006.pt", "checkpoint-00000009.pt"]
+    # the default cadence (at most one a minute, always after the last step): these short runs write at their ends
+    assert [p.name for p in ckpt.checkpoints(tmp_path / "part")] == ["checkpoint-00000003.pt", "checkpoint-00000009.pt"]
     cfg = json.loads((tmp_path / "part" / "config.json").read_text())
     assert cfg["model"]["concepts"] == list(CONCEPTS)
     loaded = load_model(tmp_path / "part")
@@ -69,7 +70,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 def test_keep_last_and_refuse_to_overwrite(tmp_path):
     ds = tiny_dataset()
-    fit(tiny_model(), ds, epochs=3, batch_size=16, progress=False, out_dir=tmp_path, keep_last=2)
+    fit(tiny_model(), ds, epochs=3, batch_size=16, progress=False, out_dir=tmp_path, keep_last=2, checkpoint_every=3)
     assert [p.name for p in ckpt.checkpoints(tmp_path)] == ["checkpoint-00000006.pt", "checkpoint-00000009.pt"]
     with pytest.raises(ValueError, match="already holds checkpoints"):
         fit(tiny_model(), ds, epochs=1, progress=False, out_dir=tmp_path)

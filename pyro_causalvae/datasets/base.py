@@ -47,8 +47,9 @@ class ConceptImageDataset(Dataset):
         - a ``uint8`` tensor / numpy array ``[N, C, H, W]`` (stored as is);
         - a floating tensor / numpy array ``[N, C, H, W]`` with values in ``[0, 1]``
           (stored as ``uint8`` via ``round(x * 255)``);
-        - a path to a folder of image files (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``; names starting with
-          ``.`` are skipped). Images are converted to RGB unless all are grayscale (an alpha channel is
+        - a path to a folder of image files (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``,
+          ``.webp``; names starting with ``.`` are skipped; only those formats are decoded, whatever the
+          name, see :func:`~pyro_causalvae.datasets.io.open_image`). Images are converted to RGB unless all are grayscale (an alpha channel is
           dropped). Rows follow the sorted file names, unless ``labels`` is a CSV file with a ``filename``
           column, which then maps each row to its file (files not listed are ignored).
 
@@ -65,6 +66,8 @@ class ConceptImageDataset(Dataset):
     :param label_scale: ``[K]`` positive scale of the normalisation (default ``(max - min) / 2`` per column,
         a zero range replaced by 1; ``1`` without labels). A scalar is broadcast.
     :param name: a short name for the dataset.
+    :param follow_symlinks: for a folder, accept image files that are symbolic links to places outside it
+        (refused by default, as ``../`` names are).
 
     Items: ``dataset[i]`` is ``(image, label)`` with ``image`` a float32 tensor ``[C, H, W]`` in ``[0, 1]``
     and ``label`` the *normalised* float32 labels ``[K]``. For an unlabelled dataset ``dataset[i]`` is the
@@ -84,6 +87,7 @@ class ConceptImageDataset(Dataset):
         label_loc=None,
         label_scale=None,
         name: str = "custom",
+        follow_symlinks: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -142,7 +146,7 @@ class ConceptImageDataset(Dataset):
 
         # --- images ----------------------------------------------------------------------------------
         if _is_path(images):
-            files = _io.list_image_files(images, filenames)
+            files = _io.list_image_files(images, filenames, follow_symlinks=follow_symlinks)
             if label_t is not None and label_t.shape[0] != len(files):
                 raise ValueError(
                     f"labels have {label_t.shape[0]} rows but the folder {os.fspath(images)!r} holds "

@@ -1,7 +1,12 @@
 """Reading image folders and CSV label tables; atomic saving and safe loading of datasets.
 
 - :func:`read_labels_csv` -- a CSV table whose header names the concepts (plus an optional ``filename``).
-- :func:`list_image_files`, :func:`read_images` -- a folder of PNG / JPEG / BMP files as one uint8 tensor.
+- :func:`open_image` -- the one place where an image file is opened: only PNG, JPEG, BMP, TIFF and WebP
+  are decoded (Pillow picks a decoder from the content, so without this a ``.png`` holding PostScript
+  would be handed to Ghostscript), and a file that declares more than :data:`MAX_IMAGE_PIXELS` pixels is
+  refused before it is decoded.
+- :func:`list_image_files`, :func:`read_images` -- a folder of image files as one uint8 tensor (symbolic
+  links leaving the folder refused; the decoded size checked against the memory budget first).
 - :func:`save_npz` / :func:`load_npz` -- one ``.npz`` file, written atomically (temporary file, fsync,
   ``os.replace``) and read with ``allow_pickle=False`` (a file that would need unpickling is refused).
 - :func:`export_folder` / :func:`import_folder` -- PNG files + ``labels.csv`` + ``graph.json`` +
@@ -27,11 +32,16 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .._limits import check_memory, fmt_bytes
+
 if TYPE_CHECKING:  # pragma: no cover
     from .base import ConceptImageDataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
+    "MAX_IMAGE_PIXELS",
+    "open_image",
     "FORMAT",
     "FORMAT_VERSION",
     "LabelTable",
@@ -45,7 +55,11 @@ __all__ = [
 ]
 
 #: File name endings (lower case) that :func:`list_image_files` picks up in a folder.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: The only Pillow formats :func:`open_image` decodes (whatever a file's name says).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+#: Most pixels (width x height) one image file may declare (8192 x 8192); larger ones are refused unread.
+MAX_IMAGE_PIXELS = 8192 * 8192
 #: ``format`` field of the metadata in files written by :func:`save_npz`.
 FORMAT = "pyro_causalvae.ConceptImageDataset"
 #: Version of the ``.npz`` layout written by :func:`save_npz`; :func:`load_npz` reads only this one.
@@ -91,7 +105,13 @@ def _existing_file(path, what: str) -> Path:
 def _read_csv_rows(p: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header (stripped names) and ``(line number, cells)`` of the non-blank data rows."""
     with open(p, newline="", encoding="utf-8-sig") as f:
-        rows = [(i + 1, row) for i, row in enumerate(csv.reader(f))]
+        reader = csv.reader(f)
+        try:
+            rows = [(i + 1, row) for i, row in enumerate(reader)]
+        except csv.Error as err:  # e.g. a cell longer than csv.field_size_limit()
+            raise ValueError(f"label CSV {os.fspath(p)!r}: line {reader.line_num}: {err}") from err
+        except UnicodeDecodeError as err:
+            raise ValueError(f"label CSV {os.fspath(p)!r} is not UTF-8 text: {err}") from err
     rows = [(line, row) for line, row in rows if any(c.strip() for c in row)]
     if not rows:
         raise ValueError(f"label CSV {os.fspath(p)!r} is empty: expected a header naming the concepts")
@@ -166,14 +186,58 @@ def read_labels_csv(path, concepts=None) -> LabelTable:
 # ----------------------------------------------------------------------------------------------------
 # image folders
 # ----------------------------------------------------------------------------------------------------
-def list_image_files(folder, filenames=None) -> list[Path]:
+def open_image(path) -> Image.Image:
+    """Open one image file for reading: the one function of this package that calls ``Image.open``.
+
+    Only the formats of :data:`IMAGE_FORMATS` are tried (``Image.open(..., formats=IMAGE_FORMATS)``): a
+    file whose content is another format (e.g. PostScript, which Pillow would hand to Ghostscript) is
+    refused, whatever its name. Only the header is read here; the caller decodes (``im.convert``...) and
+    closes it (use ``with open_image(path) as im:``).
+
+    :raises ValueError: for a missing or unreadable file, another format, or more than
+        :data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb: refused before decoding); the file is named.
+    """
+    f = Path(os.fspath(path))
+    try:
+        im = Image.open(f, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image file {os.fspath(f)!r} is refused as a decompression bomb: {err}") from err
+    except UnidentifiedImageError as err:
+        raise ValueError(f"cannot read image file {os.fspath(f)!r}: it is not a {', '.join(IMAGE_FORMATS[:-1])} or "
+                         f"{IMAGE_FORMATS[-1]} image (the formats read)") from err
+    except OSError as err:
+        raise _open_error(f, err) from err
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        im.close()
+        raise ValueError(f"image file {os.fspath(f)!r} declares {w}x{h} pixels, more than the limit of "
+                         f"{MAX_IMAGE_PIXELS} pixels per image (a decompression bomb, or an image to shrink first)")
+    return im
+
+
+def _refuse_links_out(root: Path, files: list[Path], follow_symlinks: bool) -> None:
+    """Refuse files that resolve (through symbolic links) to a place outside ``root``."""
+    if follow_symlinks:
+        return
+    top = root.resolve()
+    for f in files:
+        real = f.resolve()
+        if not real.is_relative_to(top):
+            raise ValueError(f"image file {os.fspath(f)!r} is a symbolic link to {os.fspath(real)!r}, outside the image "
+                             f"folder {os.fspath(root)!r}; pass follow_symlinks=True (--follow-symlinks) to read it")
+
+
+def list_image_files(folder, filenames=None, follow_symlinks: bool = False) -> list[Path]:
     """The image files of ``folder``, validated, in row order.
 
     :param filenames: names (relative to ``folder``) giving the row order, e.g. a CSV ``filename`` column;
         default: every file whose name ends in one of :data:`IMAGE_EXTENSIONS` (any case) and does not
         start with ``.``, sorted by name. Sub-folders are not searched.
+    :param follow_symlinks: accept symbolic links that lead outside ``folder`` (refused by default, like
+        ``../`` and absolute names).
     :raises FileNotFoundError: if ``folder`` does not exist.
-    :raises ValueError: if it is not a folder, holds no images, or a listed file is missing (named).
+    :raises ValueError: if it is not a folder, holds no images, a listed file is missing (named), or a file
+        is a symbolic link to a place outside the folder.
     """
     root = Path(os.fspath(folder))
     if not root.exists():
@@ -190,6 +254,7 @@ def list_image_files(folder, filenames=None) -> list[Path]:
             raise ValueError(
                 f"no images in folder {os.fspath(root)!r}: expected files ending in {list(IMAGE_EXTENSIONS)}"
             )
+        _refuse_links_out(root, files, follow_symlinks)
         return files
     files = []
     missing = []
@@ -209,6 +274,7 @@ def list_image_files(folder, filenames=None) -> list[Path]:
         )
     if not files:
         raise ValueError(f"no images listed for folder {os.fspath(root)!r}")
+    _refuse_links_out(root, files, follow_symlinks)
     return files
 
 
@@ -219,22 +285,23 @@ def _open_error(f: Path, err: Exception) -> ValueError:
 def read_images(files) -> torch.Tensor:
     """Decode image files of one size into a uint8 tensor ``[N, C, H, W]``.
 
-    All headers are checked first (sizes, modes); then the images are decoded. ``C`` is 1 if every image is
-    grayscale (PIL mode ``1``, ``L`` or ``LA``), else 3 (converted to RGB; alpha dropped).
+    All headers are checked first (format, sizes, modes, and the memory the decoded tensor needs); then
+    the images are decoded. ``C`` is 1 if every image is grayscale (PIL mode ``1``, ``L`` or ``LA``), else
+    3 (converted to RGB; alpha dropped).
 
-    :raises ValueError: for an unreadable file, 16-bit / float images, or mixed sizes (two files named).
+    :raises ValueError: for an unreadable file or another format than :data:`IMAGE_FORMATS`, an image of
+        more than :data:`MAX_IMAGE_PIXELS` pixels, 16-bit / float images, mixed sizes (two files named), or
+        images whose decoded tensor would not fit in the memory budget
+        (:func:`pyro_causalvae._limits.memory_budget`).
     """
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("no image files to read")
     sizes, modes = [], []
     for f in files:
-        try:
-            with Image.open(f) as im:
-                sizes.append(im.size)
-                modes.append(im.mode)
-        except (UnidentifiedImageError, OSError) as err:
-            raise _open_error(f, err) from err
+        with open_image(f) as im:
+            sizes.append(im.size)
+            modes.append(im.mode)
         if modes[-1] in _UNSUPPORTED_MODES:
             raise ValueError(
                 f"image file {os.fspath(f)!r} has mode {modes[-1]!r} (16-bit or float); only 8-bit images are supported"
@@ -248,15 +315,19 @@ def read_images(files) -> torch.Tensor:
     gray = all(m in _GRAY_MODES for m in modes)
     mode, c = ("L", 1) if gray else ("RGB", 3)
     w, h = sizes[0]
+    check_memory(len(files) * c * h * w, f"decoding {len(files)} images of {w}x{h} pixels ({c} channel(s), uint8)")
     out = torch.empty((len(files), c, h, w), dtype=torch.uint8)
     for i, f in enumerate(files):
         try:
-            with Image.open(f) as im:
+            with open_image(f) as im:
                 arr = np.array(im.convert(mode), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
             raise _open_error(f, err) from err
         if arr.ndim == 2:
             arr = arr[:, :, None]
+        if arr.shape[:2] != (h, w):
+            raise ValueError(f"image file {os.fspath(f)!r} decoded to {arr.shape[1]}x{arr.shape[0]} pixels, but its "
+                             f"header said {w}x{h}")
         out[i] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
     return out
 
@@ -342,6 +413,36 @@ def _is_pickle_error(err: Exception) -> bool:
     return "pickle" in str(err).lower()
 
 
+def _check_npz_sizes(npz, where: str) -> None:
+    """Read each member's ``.npy`` header (not its data) and refuse, before anything is allocated, an array
+    whose header declares more bytes than the member holds, or arrays that would not fit in memory."""
+    total = packed = 0
+    for key in npz.files:
+        member = key if key in npz.zip.namelist() else f"{key}.npy"
+        info = npz.zip.getinfo(member)
+        try:
+            with npz.zip.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:  # (3, 0): a UTF-8 header, read by numpy's own (private) reader
+                    shape, _, dtype = np.lib.format._read_array_header(f, version)
+                offset = f.tell()
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{where}: cannot read the header of array {key!r}: {err}") from err
+        if dtype.hasobject:
+            continue  # refused as pickled data when read
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if nbytes > info.file_size - offset:
+            raise ValueError(f"{where}: array {key!r} declares shape {list(shape)} ({fmt_bytes(nbytes)}) but the file "
+                             f"holds {fmt_bytes(max(info.file_size - offset, 0))} for it (truncated or forged)")
+        total += nbytes
+        packed += info.compress_size
+    check_memory(total, f"{where}: loading its arrays ({fmt_bytes(packed)} in the file)")
+
+
 def load_npz(path) -> ConceptImageDataset:
     """Read a file written by :func:`save_npz` with ``allow_pickle=False``; see :meth:`ConceptImageDataset.load`."""
     from .base import ConceptImageDataset
@@ -373,6 +474,7 @@ def load_npz(path) -> ConceptImageDataset:
                 f"{where} is not a ConceptImageDataset file: missing keys {missing}, unexpected keys {extra} "
                 f"(expected {sorted(_NPZ_REQUIRED)} and optionally {sorted(_NPZ_OPTIONAL)})"
             )
+        _check_npz_sizes(npz, where)
         arrays = {}
         for key in sorted(keys):
             try:
