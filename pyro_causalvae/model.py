@@ -28,7 +28,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 from pyro.nn.module import pyro_method, to_pyro_module_
-from pyro.ops.provenance import detach_provenance
+from pyro.ops.provenance import ProvenanceTensor, detach_provenance
 from torch.nn import functional as F
 
 from ._validation import (
@@ -195,14 +195,14 @@ class CausalVAE(PyroModule):
         graph: nx.DiGraph | Sequence[tuple[str, str]] | str | None = "learn",
         required: Sequence[tuple[str, str]] = (),
         forbidden: Sequence[tuple[str, str]] = (),
-        style_dim: int = 8,
+        style_dim: int = 0,
         mechanism: str = "mlp",
         noise: str = "spline",
         decoder: str = "joint",
         channels: int = 64,
         hidden: int = 256,
         mechanism_hidden: int = 32,
-        pixel_scale: float | str = 0.1,
+        pixel_scale: float | str = "learned",
         edge_threshold: float = 0.02,
         edge_relative: float = 0.2,
         label_loc: Sequence[float] | torch.Tensor | None = None,
@@ -625,12 +625,50 @@ class CausalVAE(PyroModule):
         parents = self.parents()
         inactive = self._inactive_parents(parents)
         values: list = [None] * len(self.concepts)
-        for i in self.order:
-            loc = self.mechanisms(self._inputs(values, parents[i], inactive[i], N), A, i)
-            fn = self.concept_distribution(i, loc, s, splines, not parents[i])
-            values[i] = self._concept_site(self.concepts[i], fn, states[i], None if u is None else u[..., i])
+        for layer in self._schedule(parents, inactive):
+            if len(layer) > 1 and not self._batchable(layer, values, parents, inactive, N):
+                for i in layer:
+                    loc = self.mechanisms(self._inputs(values, parents[i], inactive[i], N), A, i)
+                    fn = self.concept_distribution(i, loc, s, splines, not parents[i])
+                    values[i] = self._concept_site(self.concepts[i], fn, states[i], None if u is None else u[..., i])
+                continue
+            # one batched call of the mechanisms for the concepts of a layer (they do not read each other)
+            active = sorted({j for i in layer for j in parents[i]})
+            passive = sorted({j for i in layer for j in inactive[i]} - set(active))
+            locs = self.mechanisms(self._inputs(values, active, passive, N), A, layer[0] if len(layer) == 1 else None)
+            for i in layer:
+                loc = locs if len(layer) == 1 else locs[..., i]
+                fn = self.concept_distribution(i, loc, s, splines, not parents[i])
+                values[i] = self._concept_site(self.concepts[i], fn, states[i], None if u is None else u[..., i])
         shape = torch.broadcast_shapes(*(v.shape for v in values))
         return torch.stack([v.expand(shape) for v in values], -1)
+
+    @staticmethod
+    def _batchable(layer, values, parents, inactive, N) -> bool:
+        """Whether a layer's mechanisms may run as one call: a value's dependencies are tracked per tensor
+        (``pyro.render_model``'s provenance, ChiRho's world dims), so a batched call must not make a concept
+        depend on another's parents. That holds unless provenance is tracked, or the concepts' parents carry
+        different batch shapes (ChiRho's worlds below a split)."""
+        if any(isinstance(v, ProvenanceTensor) for v in values):
+            return False
+        shapes = {torch.broadcast_shapes((N,), *(values[j].shape for j in parents[i] + inactive[i])) for i in layer}
+        return len(shapes) == 1
+
+    def _schedule(self, parents: list[list[int]], inactive: list[list[int]]) -> list[list[int]]:
+        """The concepts in causal order, grouped into layers that no concept of the same layer feeds (the
+        graph's topological generations, in the order of :attr:`order`): the sites keep one per concept,
+        their mechanisms are computed per layer. Concepts with inactive parents (learned graphs while
+        training) read every concept before them, so each is a layer of its own."""
+        layers: list[list[int]] = []
+        current: list[int] = []
+        for i in self.order:
+            if (set(parents[i]) | set(inactive[i])) & set(current):
+                layers.append(current)
+                current = []
+            current.append(i)
+        if current:
+            layers.append(current)
+        return layers
 
     @pyro_method
     def model(self, x: torch.Tensor | None = None, u: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
@@ -674,15 +712,7 @@ class CausalVAE(PyroModule):
                 style = c.new_zeros(*c.shape[:-1], self.style_dim)
             shape = torch.broadcast_shapes(c.shape[:-1], style.shape[:-1])
             c = torch.cat([c.expand(*shape, c.shape[-1]), style.expand(*shape, style.shape[-1])], -1)
-        if isinstance(self.decoder, CompositeConvDecoder):
-            return self.decoder(c, self.decoder_reads())
         return self.decoder(c)
-
-    def decoder_reads(self) -> torch.Tensor:
-        """``[K, K]`` 0/1: the concepts that concept ``i``'s decoder group reads (composite decoder): itself
-        and its children in :meth:`graph` (an effect determined by several causes can then be drawn from
-        the effects' values, never from its causes together; see :class:`~pyro_causalvae.nets.CompositeConvDecoder`)."""
-        return torch.clamp(torch.eye(len(self.concepts), device=self.label_loc.device) + self.edge_mask(), max=1.0)
 
     def _image(self, x: torch.Tensor | None, c: torch.Tensor, style: torch.Tensor | None) -> None:
         loc = self.decode(c, style)

@@ -108,20 +108,18 @@ class ConvDecoder(nn.Module):
 
 
 class CompositeConvDecoder(nn.Module):
-    """One small decoder per concept (and one for the style), whose pixel logits are summed.
+    """One small decoder per concept (and one for the style), whose pixel logits are summed: each concept
+    is drawn from its own value only.
 
-    Concept ``g``'s group reads the concepts ``reads[g]`` (:meth:`CausalVAE.decoder_reads
-    <pyro_causalvae.model.CausalVAE.decoder_reads>`: the concept itself and its children). Why: in the
-    training data an effect is a deterministic function of its causes (Pendulum's shadow of the two
-    angles), so a decoder that sees every concept can draw the effect from its causes, and then ignores
-    the effect's own value under ``do(effect)``. Here no group sees two causes of an effect together, so
-    the shadow can only be drawn from the shadow's own concepts (its length and position, both read by
-    each angle's group). Groups are summed in logit space (the official code's bias: one decoder per
-    concept, logits averaged; additive decoders extrapolate to unseen combinations of their inputs,
-    Lachapelle et al., NeurIPS 2023). Each group has its own MLP head; the conv layers that turn a group's
-    feature map into its logits are shared by the groups and run on them as one batch (as the
-    spatial-broadcast decoders of slot models share theirs), and the last, linear layer runs once on the
-    sum of the groups' features (which sums their logits exactly).
+    The official code's bias (one decoder per concept, logits averaged), with conv decoders: additive
+    logits can place a thing whose extent depends on two concepts (Pendulum's shadow spans ``[position -
+    length / 2, position + length / 2]``, i.e. ``length - 2 |x - position| > 0``: a sum of a function of
+    each), and additive decoders extrapolate to unseen combinations of their inputs (Lachapelle et al.,
+    NeurIPS 2023). Measured here it does not stop an effect from being drawn by its causes' groups
+    together (see docs/method.md, "Counterfactual images"). Each group has its own MLP head; the conv
+    layers that turn a group's feature map into its logits are shared by the groups and run on them as
+    one batch (as the spatial-broadcast decoders of slot models share theirs), and the last, linear layer
+    runs once on the sum of the groups' features (which sums their logits exactly).
 
     :param n_concepts: ``K``: the first ``K`` inputs are the concepts, one group each.
     :param style_dim: ``S``: the last ``S`` inputs form one more group (none if 0).
@@ -140,7 +138,7 @@ class CompositeConvDecoder(nn.Module):
         self.K, self.S = n_concepts, style_dim
         G = n_concepts + (1 if style_dim else 0)
         self.G, self.side, self.channels, self.image_shape = G, side, channels, tuple(image_shape)
-        width = max(n_concepts, style_dim)  # inputs per group: the concepts a group reads, or the style
+        width = max(1, style_dim)  # inputs per group: a concept's value (zero-padded), or the style
         self.W1 = nn.Parameter(torch.randn(G, width, hidden) / math.sqrt(width))
         self.b1 = nn.Parameter(torch.zeros(G, hidden))
         self.W2 = nn.Parameter(torch.randn(G, hidden, channels * side * side) / math.sqrt(hidden))
@@ -155,35 +153,30 @@ class CompositeConvDecoder(nn.Module):
         # and the full-resolution layer runs once, not once per group.
         self.out = nn.ConvTranspose2d(last, c, 4, 4)
 
-    def _group_inputs(self, z: torch.Tensor, reads: torch.Tensor | None) -> torch.Tensor:
-        """``[M, K + S]`` -> ``[M, G, width]``: concept group ``g`` sees the concepts ``reads[g]`` (default: its
-        own only), the style group the style."""
-        width = self.W1.shape[1]
-        reads = torch.eye(self.K, device=z.device, dtype=z.dtype) if reads is None else reads.to(z)
-        concepts = F.pad(z[:, None, : self.K] * reads, (0, width - self.K))  # [M, K, width]
+    def _group_inputs(self, z: torch.Tensor) -> torch.Tensor:
+        """``[M, K + S]`` -> ``[M, G, width]``: each concept alone in its group, the style in the last."""
+        concepts = F.pad(z[:, : self.K, None], (0, self.W1.shape[1] - 1))  # [M, K, width]
         if not self.S:
             return concepts
-        return torch.cat([concepts, F.pad(z[:, None, self.K :], (0, width - self.S))], 1)
+        return torch.cat([concepts, z[:, None, self.K :]], 1)
 
-    def _features(self, z: torch.Tensor, reads: torch.Tensor | None) -> torch.Tensor:
+    def _features(self, z: torch.Tensor) -> torch.Tensor:
         """``[M, K + S]`` -> each group's last features ``[M, G, c, h, w]``."""
-        g = self._group_inputs(z, reads)  # [M, G, width]
+        g = self._group_inputs(z)  # [M, G, width]
         h = F.silu(torch.einsum("mgw,gwh->mgh", g, self.W1) + self.b1)
         h = torch.einsum("mgh,ghf->mgf", h, self.W2) + self.b2  # [M, G, channels * side^2]
         f = self.deconv(h.reshape(-1, self.channels, self.side, self.side))  # the groups as one batch
         return f.reshape(-1, self.G, *f.shape[1:])
 
-    def forward(self, z: torch.Tensor, reads: torch.Tensor | None = None) -> torch.Tensor:
-        """:param z: ``[..., K + S]``; :param reads: ``[K, K]`` 0/1, the concepts each concept's group reads
-        (default: its own only)."""
-        logits = self.out(self._features(z.reshape(-1, z.shape[-1]), reads).sum(1))
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        logits = self.out(self._features(z.reshape(-1, z.shape[-1])).sum(1))
         return torch.sigmoid(logits).reshape(*z.shape[:-1], *self.image_shape)
 
     @torch.no_grad()
-    def layers(self, z: torch.Tensor, reads: torch.Tensor | None = None) -> torch.Tensor:
+    def layers(self, z: torch.Tensor) -> torch.Tensor:
         """Each group's share of the logits ``[..., G, C, H, W]`` (what each concept draws; the last group is
         the style); their sum plus the output bias is the image's logits."""
-        f = self._features(z.reshape(-1, z.shape[-1]), reads)
+        f = self._features(z.reshape(-1, z.shape[-1]))
         logits = F.conv_transpose2d(f.flatten(0, 1), self.out.weight, None, self.out.stride)
         return logits.reshape(*z.shape[:-1], self.G, *self.image_shape)
 

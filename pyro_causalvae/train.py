@@ -189,7 +189,7 @@ def _check_settings(**kw) -> None:
 
 
 _SETTINGS = ("seed", "epochs", "batch_size", "keep_last", "al_every", "lr", "warm_start_steps", "checkpoint_every",
-             "num_workers", "checkpoint_interval", "peer_timeout", "precision", "weights")
+             "num_workers", "checkpoint_interval", "peer_timeout", "precision", "weights", "label_dropout", "equation_steps")
 
 
 def check_settings(**kw) -> None:
@@ -416,7 +416,8 @@ def fit(
                     weights=weights, seed=seed, resume=resume, keep_last=keep_last,
                     cadence=_Cadence(checkpoint_every, checkpoint_interval, ctx), al_every=al_every,
                     progress=progress, extra_config=extra_config, callback=callback, order_search=order_search,
-                    warm_start_steps=warm_start_steps, prune=prune, precision=precision, num_workers=num_workers)
+                    warm_start_steps=warm_start_steps, prune=prune, precision=precision, num_workers=num_workers,
+                    label_dropout=label_dropout, equation_steps=equation_steps)
     except torch.distributed.DistError as err:
         if not ctx.distributed:
             raise
@@ -487,7 +488,7 @@ def _load_for_resume(model, optim, history, sums, latest, out_dir, seed, config,
 
 def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weights, seed, resume, keep_last,
          cadence, al_every, progress, extra_config, callback, order_search, warm_start_steps, prune, precision,
-         num_workers) -> History:
+         num_workers, label_dropout, equation_steps) -> History:
     device = ctx.device
     batch_size = min(batch_size, n)  # a dataset smaller than one batch is one batch
     feed = BatchFeed(dataset, n, batch_size, seed, device, ctx.rank, ctx.world_size, num_workers)
