@@ -37,6 +37,8 @@ setup(
         "chirho": ["chirho>=0.2"],
         "test": ["pytest>=7", "hypothesis>=6.80", "graphviz>=0.20", "chirho>=0.2", "nbmake>=1.5"],
         "docs": ["sphinx>=7", "myst-nb>=1.0", "furo>=2024.1"],
+        # benchmarks/scale.py's comparison only; never imported by the library
+        "bench": ["dagma>=1.1", "causal-learn>=0.1.3", "lingam>=1.8", "scikit-learn>=1.0"],
     },
     entry_points={"console_scripts": ["pyro-causalvae=pyro_causalvae.cli:main"]},
     classifiers=[

@@ -291,13 +291,15 @@ def run_evaluate(args) -> int:
     if ds is None:
         ds, split = load_dataset(data, "train"), "train (this dataset has no test split)"
     res = {"run": str(args.run_dir), "split": split, "images": len(ds)}
-    res.update(evaluate_mic_tic(model, ds))
+    t0 = time.perf_counter()
+    res.update(evaluate_mic_tic(model, ds, progress=not args.no_progress))
+    res["seconds"] = round(time.perf_counter() - t0, 1)
     learned = model.graph()
     res["graph"] = [f"{a}->{b}" for a, b in learned.edges()]
     if ds.graph is not None:
         p, r = edge_precision_recall(learned, ds.graph)
         res.update(shd=shd(learned, ds.graph), precision=p, recall=r)
-    print(f"{args.run_dir}: {len(ds)} images of the {split} split")
+    print(f"{args.run_dir}: {len(ds)} images of the {split} split ({res['seconds']:.1f} s)")
     print(f"MIC {res['mic']:.1f}  TIC {res['tic']:.1f}  (x 100, mean over concepts of the matched pairs)")
     width = max(len(c) for c in model.concepts)
     header = "latent / label"
@@ -337,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="MIC/TIC (this project's protocol) and graph recovery of a trained run")
     ev.add_argument("run_dir")
     ev.add_argument("--out", help="JSON to write (default: RUN_DIR/metrics.json)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     for p in (demo, train, inter, cf, ev):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser

@@ -641,16 +641,20 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
 
 
 def _search_order(model: CausalVAE, dataset, seed: int, steps: int, show: bool) -> dict:
-    """Causal order from the labels and the warm start of ``A`` within it (see :mod:`~pyro_causalvae.discovery`)."""
+    """The graph stage before SVI: causal order and parents from the labels, and the warm start of ``A``
+    within them (see :mod:`~pyro_causalvae.discovery`). Each phase prints one line with its time (with or
+    without ``show``, which adds progress bars)."""
     t0 = time.perf_counter()
     labels = dataset.labels_normalised.to(device=model.label_loc.device, dtype=torch.float32)
     required = [(model.concepts.index(a), model.concepts.index(b)) for a, b in model.spec.required]
-    order, score, candidates = discovery.choose_order_and_warm_start(model, labels, required=required, seed=seed, steps=steps)
+    order, score, candidates = discovery.choose_order_and_warm_start(model, labels, required=required, seed=seed,
+                                                                     steps=steps, progress=show, log=tqdm.write)
     found = {"order": [model.concepts[i] for i in order], "score": score,
-             "candidates": [{**c, "order": [model.concepts[i] for i in c["order"]]} for c in candidates],
+             "candidates": [{**c, "order": [model.concepts[i] for i in c["order"]],
+                             "pruned": [[model.concepts[j], model.concepts[i]] for j, i in c["pruned"]]}
+                            for c in candidates],
              "seconds": time.perf_counter() - t0}
-    if show:
-        tqdm.write(f"causal order from the labels: {' < '.join(found['order'])} ({found['seconds']:.1f} s)")
+    tqdm.write(f"causal order from the labels: {' < '.join(found['order'])} ({found['seconds']:.1f} s)")
     return found
 
 
@@ -680,12 +684,16 @@ def prune_learned_graph(model: CausalVAE, dataset, ctx: D.Context | None = None,
     def decide() -> list[dict]:
         edges = [(idx[a], idx[b]) for a, b in model.graph().edges()]
         keep = [(idx[a], idx[b]) for a, b in model.spec.required]
-        return [{"edge": [model.concepts[j], model.concepts[i]], "gain": r["gain"]}
-                for r in discovery.redundant_edges(dataset.labels_normalised.cpu(), edges, keep=keep)
+        with discovery.torch_threads(discovery.GRAPH_THREADS):
+            found = discovery.redundant_edges(dataset.labels_normalised.cpu(), edges, keep=keep)
+        return [{"edge": [model.concepts[j], model.concepts[i]], "gain": r["gain"]} for r in found
                 for j, i in [r["edge"]]]
 
+    t0 = time.perf_counter()
     removed = D.on_main(decide, ctx, watch, "pruning")
     model.prune([(idx[a], idx[b]) for a, b in (r["edge"] for r in removed)])
+    if ctx.is_main:
+        tqdm.write(f"graph stage: pruning {time.perf_counter() - t0:.1f} s ({len(removed)} redundant edge(s) removed)")
     if show and removed:
         tqdm.write("pruned as redundant given the other parents: "
                    + ", ".join(f"{r['edge'][0]}->{r['edge'][1]} (explains {100 * r['gain']:.2f}% more)" for r in removed))

