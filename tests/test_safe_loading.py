@@ -296,7 +296,7 @@ BAD_CONFIGS = [
     ("label-loc-string", _model(label_loc="abc"), "label_loc must be 3 numbers"),
     ("label-loc-short", _model(label_loc=[0.0]), r"label_loc must have shape \[3\]"),
     ("label-scale-zero", _model(label_scale=[1.0, 0.0, 1.0]), "label_scale must be positive"),
-    ("pixel-scale-nan", lambda cfg: json.dumps(cfg).replace('"pixel_scale": 0.1', '"pixel_scale": NaN'), "not plain JSON|pixel_scale"),
+    ("pixel-scale-nan", lambda cfg: json.dumps(cfg).replace('"pixel_scale": "learned"', '"pixel_scale": NaN'), "not plain JSON|pixel_scale"),
     ("concepts-not-names", _model(concepts=[1, 2, 3]), "concept names must be non-empty strings"),
 ]
 
