@@ -38,10 +38,11 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import discovery
 from . import distributed as D
-from ._validation import check_finite
+from ._validation import check_finite, check_partial_labels, missing_label_line
 from .data_feed import BatchFeed
 from .loss import TERMS, LossWeights, loss_terms, total_loss
 from .model import CausalVAE
+from .progress import log
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -120,7 +121,7 @@ def _check_data(model: CausalVAE, dataset) -> int:
     if labels is not None:
         if labels.shape != (n, len(model.concepts)):
             raise ValueError(f"labels have shape {list(labels.shape)}, expected [{n}, {len(model.concepts)}]")
-        check_finite(labels, "dataset labels")
+        check_partial_labels(labels, model.concepts, "dataset labels")  # NaN = missing (masked), inf refused
     return n
 
 
@@ -176,7 +177,9 @@ def fit(
     :param dataset: a :class:`~pyro_causalvae.datasets.ConceptImageDataset` whose concepts are the
         model's: resident (``images`` uint8 ``[N, C, H, W]``, ``labels_normalised`` ``[N, K]`` or ``None``
         for unlabelled data), or read from disk on access (``images is None``, e.g.
-        ``CelebA(preload=False)``: then a DataLoader with ``num_workers`` workers feeds it).
+        ``CelebA(preload=False)`` or a large folder: then a DataLoader with ``num_workers`` workers feeds it).
+        Labels may be missing (NaN): they are masked in the loss, and the order search and pruning use the
+        fully labelled rows; a concept without any label, or an infinite label, is refused.
     :param epochs: passes over the data (in total, counting epochs of a resumed run).
     :param batch_size: images per step, all processes together (the global batch; each of ``W`` ranks
         takes ``batch_size / W``); at most the dataset's size.
@@ -194,7 +197,9 @@ def fit(
         of each epoch only). Each holds the model, the optimiser, the position in the data and the
         history; ``resume`` continues from the exact step.
     :param al_every: steps between augmented-Lagrangian updates (and causal-order updates).
-    :param progress: show a tqdm progress bar (rank 0 only).
+    :param progress: show a tqdm progress bar (rank 0 only). Whatever its value, one INFO line per phase
+        (missing labels, the order search and warm start, each epoch, pruning) goes to the
+        ``"pyro_causalvae"`` logger (:mod:`pyro_causalvae.progress`).
     :param callback: called as ``callback(epoch, row)`` after each epoch (on every rank).
     :param order_search: for a learned graph with labels, first find a causal order from the labels
         (:func:`pyro_causalvae.discovery.order_search`) and warm-start ``A`` and the mechanisms within it
@@ -237,6 +242,8 @@ def fit(
     feed = BatchFeed(dataset, n, batch_size, seed, device, ctx.rank, ctx.world_size, num_workers)
     spe = feed.steps_per_epoch
     labelled = feed.labelled
+    if labelled and ctx.is_main:
+        log.info("%s", missing_label_line(dataset.labels, dataset.concepts))
 
     pyro.set_rng_seed(seed)  # torch, NumPy and Python's random
     model.to(device)
@@ -351,6 +358,9 @@ def fit(
                            seconds=seconds, images_per_s=done * batch_size / seconds,
                            lam=float(model.al.lam), rho=float(model.al.rho))
                 history.rows.append(row)
+                if ctx.is_main:
+                    log.info("epoch %d/%d: loss %.1f, recon %.1f, h(A) %.2g (%.1f s, %.0f images/s)", epoch + 1, epochs,
+                             row["loss"], row["recon"], row["h"], seconds, row["images_per_s"])
                 bar.set_postfix(loss=f"{row['loss']:.1f}", h=f"{row['h']:.2g}")
                 if epoch + 1 == epochs and prune and model.spec.learned and labelled:
                     history.pruned = prune_learned_graph(model, dataset, ctx, show)
@@ -372,8 +382,7 @@ def _search_order(model: CausalVAE, dataset, seed: int, steps: int, show: bool) 
     found = {"order": [model.concepts[i] for i in order], "score": score,
              "candidates": [{**c, "order": [model.concepts[i] for i in c["order"]]} for c in candidates],
              "seconds": time.perf_counter() - t0}
-    if show:
-        tqdm.write(f"causal order from the labels: {' < '.join(found['order'])} ({found['seconds']:.1f} s)")
+    log.info("causal order search and warm start: %s (%.1f s)", " < ".join(found["order"]), found["seconds"])
     return found
 
 
@@ -387,6 +396,7 @@ def prune_learned_graph(model: CausalVAE, dataset, ctx: D.Context | None = None,
     ctx = ctx if ctx is not None else D.Context()
     idx = {c: k for k, c in enumerate(model.concepts)}
     removed = None
+    t0 = time.perf_counter()
     if ctx.is_main:
         edges = [(idx[a], idx[b]) for a, b in model.graph().edges()]
         keep = [(idx[a], idx[b]) for a, b in model.spec.required]
@@ -395,9 +405,9 @@ def prune_learned_graph(model: CausalVAE, dataset, ctx: D.Context | None = None,
                    for j, i in [r["edge"]]]
     removed = D.broadcast(removed, ctx)
     model.prune([(idx[a], idx[b]) for a, b in (r["edge"] for r in removed)])
-    if show and removed:
-        tqdm.write("pruned as redundant given the other parents: "
-                   + ", ".join(f"{r['edge'][0]}->{r['edge'][1]} (explains {100 * r['gain']:.2f}% more)" for r in removed))
+    if ctx.is_main:
+        log.info("pruning: %s (%.1f s)", ", ".join(f"{r['edge'][0]}->{r['edge'][1]} removed (explains {100 * r['gain']:.2f}% more)"
+                                                   for r in removed) or "no edge removed", time.perf_counter() - t0)
     return removed
 
 

@@ -41,12 +41,15 @@ def mic_tic_scores(latents: np.ndarray, labels: np.ndarray, concepts: Sequence[s
 
 
 @torch.no_grad()
-def concept_latents(model, images, batch_size: int = 256) -> np.ndarray:
+def concept_latents(model, images, batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """``[N, K]``: for each image, the posterior mean of each concept block averaged over its dims.
 
     :param images: ``[N, C, H, W]`` uint8 or float in [0, 1], or a dataset whose items are
         ``(image, labels)`` (images read from disk, e.g. ``CelebA(preload=False)``).
+    :param progress: show a progress bar over the batches.
     """
+    from tqdm.auto import tqdm
+
     model.eval()
     out = []
     device = model.label_loc.device
@@ -55,7 +58,8 @@ def concept_latents(model, images, batch_size: int = 256) -> np.ndarray:
     else:
         loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
         batches = (b[0] if isinstance(b, (list, tuple)) else b for b in loader)
-    for x in batches:
+    total = -(-len(images) // batch_size)
+    for x in tqdm(batches, total=total, desc="encoding", unit="batch", disable=not progress, leave=False):
         x = x.to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         out.append(model.encode(x).mean(-1).cpu())
