@@ -312,9 +312,9 @@ def run_training(args, dataset_args) -> int:
     last = history.last()
     print(f"trained {last['epoch']} epochs: loss {last['loss']:.1f}, recon {last['recon']:.1f}, "
           f"h(A) {last['h']:.2e}, {last['images_per_s']:.0f} images/s")
-    if history.graph_search is not None:
+    if history.graph_search is not None:  # its time is on the phase line above
         print(f"causal order found in the labels: {' < '.join(history.graph_search['order'])} "
-              f"({history.graph_search['seconds']:.1f} s, then A learned under the augmented Lagrangian)")
+              "(then A learned under the augmented Lagrangian)")
     if history.pruned:
         print("pruned as redundant given the other parents:", ", ".join(f"{a}->{b}" for a, b in (r["edge"] for r in history.pruned)))
     learned = model.graph(threshold=args.threshold, relative=args.relative)

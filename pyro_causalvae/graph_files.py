@@ -185,7 +185,7 @@ def _json(text: str, where: str) -> list[tuple[str, str]]:
             items = data.get("links", data.get("edges"))
             if items is None:
                 raise ValueError(f"{where} holds no graph (\"edges\": null)")
-        elif all(isinstance(k, str) and isinstance(v, list) for k, v in data.items()):
+        elif "nodes" not in data and all(isinstance(k, str) and isinstance(v, list) for k, v in data.items()):
             return [(str(k), str(c)) for k, children in data.items() for c in children]
         else:
             raise bad

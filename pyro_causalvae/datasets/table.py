@@ -107,7 +107,7 @@ def _delimiter(first_line: str) -> str:
 
 def _rows(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     """``(line number, stripped cells)`` of the non-blank rows."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     out = []
     for row in reader:
         cells = [c.strip() for c in row]
@@ -218,7 +218,8 @@ def read_labels_csv(path, concepts: Sequence[str] | None = None, *, image_column
     if not chosen:
         raise ValueError(f"{where} has no numeric concept columns (header {header}"
                          + (f"; text columns {ignored} are not labels" if ignored else "") + ")")
-    labels = torch.from_numpy(np.stack(values, axis=1).astype(np.float32))
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+        labels = torch.from_numpy(np.stack(values, axis=1).astype(np.float32))
     _check_finite_labels(labels, chosen, columns, data, where)
     filenames = _filenames(columns[img_col], img_col, data, where) if img_col is not None else None
     split = _splits(columns[split_col], split_col, data, where) if split_col is not None else None
