@@ -95,7 +95,7 @@ def _query_image(args, model, cfg):
         if tuple(x.shape[1:]) != model.image_shape:
             raise ValueError(f"--image {args.image} has shape {tuple(x.shape[1:])} but the model expects {model.image_shape} (C, H, W)")
         return x.float() / 255.0
-    ds, note = run_dataset(cfg, args.run_dir, args, purpose="; pass --image FILE")
+    ds, note = run_dataset(cfg, args.run_dir, args, purpose="; pass --image FILE", decode=False)
     if not 0 <= args.index < len(ds):
         raise ValueError(f"--index {args.index} is out of range: the run's data has {len(ds)} images ({note})")
     files = getattr(ds, "image_files", None)
@@ -337,7 +337,10 @@ def run_training(args, dataset_args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log_to_stdout()
+    from .distributed import env_rank
+
+    if env_rank() == 0:  # under torchrun, rank 0 prints
+        log_to_stdout()
     try:
         if args.command == "demo":
             ds = argparse.Namespace(dataset="pendulum", root=None, labels=None, subset=None, noise=0.0, size=args.size,

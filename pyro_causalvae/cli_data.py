@@ -148,31 +148,29 @@ def _stream_choice(args) -> bool | None:
 
 def _folder_training_data(args, show: bool) -> TrainingData:
     from .datasets import ConceptImageDataset
-    from .datasets.split import heldout_split
+    from .datasets.split import check_test_fraction, heldout_split
     from .datasets.table import read_labels_csv
 
     if args.labels is None:
         raise ValueError("--dataset folder needs --labels LABELS.csv (and --root IMAGE_FOLDER unless the CSV's image "
                          "column gives paths relative to the CSV's folder)")
     _size(args)
-    heldout_split(2, None, args.test_fraction)  # the fraction is checked before anything is read
+    check_test_fraction(args.test_fraction)
     with phase("labels CSV") as ph:
         table = read_labels_csv(args.labels, _concepts(args), image_column=getattr(args, "image_column", None))
         ph.note = _describe_table(table)
-    if bool(table.labels.isnan().any()):
-        from ._validation import missing_label_line
-
-        log.info("%s", missing_label_line(table.labels, table.concepts))
     true = _true_graph(args, table.concepts)
     graph = graph_argument(getattr(args, "graph", "learn"), table.concepts, true)
-    complete = int((~table.labels.isnan().any(1)).sum())
+    split = heldout_split(table.labels.shape[0], table.split, args.test_fraction, args.data_seed)
+    complete = int((~table.labels[split.train_rows].isnan().any(1)).sum())
     if graph == "learn" and complete < MIN_COMPLETE_ROWS:
-        raise ValueError(f"--graph learn finds the causal order from rows with every label, and needs at least "
-                         f"{MIN_COMPLETE_ROWS}; {os.fspath(table.path)!r} has {complete}. Give the graph with --graph FILE")
+        raise ValueError(f"--graph learn finds the causal order from the training rows with every label, and needs at "
+                         f"least {MIN_COMPLETE_ROWS}; {os.fspath(table.path)!r} has {complete}. Give the graph with --graph FILE")
     root = _folder_root(args.root, table)
-    full = ConceptImageDataset(root, table, graph=true, stream=True, progress=show)
-    train, test, split = full.heldout_split(args.test_fraction, args.data_seed)
-    train, test = _place(train, show, _stream_choice(args)), (None if test is None else _place(test, show, _stream_choice(args)))
+    full = ConceptImageDataset(root, table, graph=true, stream=True, progress=show, name=(root or table.path.parent).name)
+    stream = _stream_choice(args)
+    train = _place(full.subset(split.train_rows), show, stream)
+    test = _place(full.subset(split.test_rows), show, stream) if split.test_rows.numel() else None
     record = {"dataset": "folder", "root": None if root is None else os.fspath(root), "labels": os.fspath(table.path),
               "labels_sha256": table.sha256, "image_column": table.image_column, "concepts": list(table.concepts),
               "stream": train.streamed, "split": split.record(),
@@ -217,10 +215,12 @@ def _record(cfg: dict, run_dir, purpose: str) -> dict:
     return data
 
 
-def run_dataset(cfg: dict, run_dir, overrides=None, *, purpose: str = "", show: bool = False):
+def run_dataset(cfg: dict, run_dir, overrides=None, *, purpose: str = "", show: bool = False, decode: bool = True):
     """The held-out data of a trained run (its training data when it held none out), from its record.
 
     :param overrides: an ``argparse.Namespace`` with ``root`` / ``labels`` for data that has moved.
+    :param decode: decode a folder's images into memory (by the size rule); ``False`` leaves them on disk
+        (a query reads one image).
     :returns: ``(dataset, note)``; ``note`` says which images these are.
     :raises FileNotFoundError: when the recorded data is gone (the message says to pass ``--root``).
     :raises ValueError: when the labels CSV has changed since training.
@@ -233,7 +233,7 @@ def run_dataset(cfg: dict, run_dir, overrides=None, *, purpose: str = "", show: 
     if name in ("pendulum", "flow"):
         cls = datasets.Pendulum if name == "pendulum" else datasets.Flow
         kw = dict(size=data.get("size") or 96, seed=data.get("data_seed", 0), noise=data.get("noise", 0.0))
-        return cls(split="test", **kw), f"the {name} test split"
+        return _with_true_graph(cls(split="test", **kw), data), f"the {name} test split"
     if name == "celeba":
         root = Path(new_root).expanduser().resolve() if new_root else Path(data["root"])
         if not root.is_dir():
@@ -242,7 +242,7 @@ def run_dataset(cfg: dict, run_dir, overrides=None, *, purpose: str = "", show: 
         return _with_true_graph(ds, data), "the CelebA test split"
     if name != "folder":
         raise ValueError(f"{run_dir}: unknown dataset {name!r} in config.json")
-    return _folder_run_dataset(data, run_dir, overrides, show)
+    return _folder_run_dataset(data, run_dir, overrides, show, decode)
 
 
 def _moved(what: str, path: Path, run_dir) -> str:
@@ -273,7 +273,7 @@ def _folder_paths(data: dict, run_dir, overrides) -> tuple[Path | None, Path]:
     return root, labels
 
 
-def _folder_run_dataset(data: dict, run_dir, overrides, show: bool):
+def _folder_run_dataset(data: dict, run_dir, overrides, show: bool, decode: bool):
     from .datasets import ConceptImageDataset
     from .datasets.table import read_labels_csv
 
@@ -293,7 +293,7 @@ def _folder_run_dataset(data: dict, run_dir, overrides, show: bool):
         ds, note = full, f"the training images: the run held none out (test fraction {split.get('test_fraction', 0):g})"
     else:
         ds, note = full, "all images: the run recorded no held-out split"
-    return _place(ds, show, None), note
+    return (_place(ds, show, None) if decode else ds), note
 
 
 def _split_phrase(split: dict) -> str:

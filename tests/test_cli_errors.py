@@ -173,7 +173,7 @@ def test_interrupt_exits_130(run, capsys, monkeypatch):
         (["--batch-size", "-1"], "batch_size must be a positive integer"),
         (["--lr", "nan"], "lr must be a positive finite number, got nan"),
         (["--concept-dim", "0", "--graph", "a->b"], "concept_dim must be a positive integer"),
-        ([], r"--graph learn .* needs at least 16; .*labels.csv' has 8\. Give the graph with --graph FILE"),
+        ([], r"--graph learn .* needs at least 16; .*labels.csv' has 7\. Give the graph with --graph FILE"),
         (["--weight", "kl=nan"], "loss weight kl must be a finite number"),
         (["--weight", "kl"], "--weight 'kl' must be NAME=VALUE"),
         (["--graph", "a-b"], "--graph 'a-b' is neither a file nor edges written parent->child"),

@@ -1,14 +1,17 @@
 """The container every dataset of this package is: images + concept labels (+ an optional causal graph).
 
 :class:`ConceptImageDataset` holds ``N`` images as one ``uint8`` tensor ``[N, C, H, W]`` (``C`` is 1 or 3),
-their concept labels in natural units as a ``float32`` tensor ``[N, K]`` (or ``None`` for unlabelled
-images), the ``K`` concept names, an optional causal graph over the concepts, and the affine map that
-normalises labels for the model: ``normalised = (labels - label_loc) / label_scale``.
+or, for a large folder, only the list of its files (``images is None``: each image is decoded when it is
+read, by DataLoader workers in training); their concept labels in natural units as a ``float32`` tensor
+``[N, K]`` with NaN for missing labels (or ``None`` for unlabelled images), the ``K`` concept names, an
+optional causal graph over the concepts, and the affine map that normalises labels for the model:
+``normalised = (labels - label_loc) / label_scale``.
 
-Reading image folders and CSV tables, saving (``.npz``) and exporting (PNG folder) live in
-:mod:`pyro_causalvae.datasets.io`; they are exposed here as :meth:`ConceptImageDataset.save`,
-:meth:`ConceptImageDataset.load`, :meth:`ConceptImageDataset.to_folder` and
-:meth:`ConceptImageDataset.from_folder`.
+Reading label CSVs lives in :mod:`pyro_causalvae.datasets.table`, image files, saving (``.npz``) and
+exporting (PNG folder) in :mod:`pyro_causalvae.datasets.io`, the held-out split in
+:mod:`pyro_causalvae.datasets.split`; they are exposed here as the constructor,
+:meth:`ConceptImageDataset.save`, :meth:`ConceptImageDataset.load`, :meth:`ConceptImageDataset.to_folder`,
+:meth:`ConceptImageDataset.from_folder` and :meth:`ConceptImageDataset.heldout_split`.
 """
 
 from __future__ import annotations

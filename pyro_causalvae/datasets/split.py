@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["HeldOutSplit", "heldout_split"]
+__all__ = ["HeldOutSplit", "heldout_split", "check_test_fraction"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,14 @@ class HeldOutSplit:
                 "train": int(self.train_rows.numel()), "test_rows": self.test_rows.tolist()}
 
 
+def check_test_fraction(test_fraction: float) -> float:
+    """``test_fraction`` if it is a number in ``[0, 1)``, else ``ValueError``."""
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not (
+            math.isfinite(test_fraction) and 0 <= test_fraction < 1):
+        raise ValueError(f"test fraction must be a number in [0, 1), got {test_fraction!r}")
+    return float(test_fraction)
+
+
 def heldout_split(n: int, row_splits: Sequence[str] | None = None, test_fraction: float = 0.1,
                   seed: int = 0) -> HeldOutSplit:
     """Choose the held-out rows of a dataset of ``n`` rows.
@@ -60,9 +68,7 @@ def heldout_split(n: int, row_splits: Sequence[str] | None = None, test_fraction
     :raises ValueError: for a fraction outside ``[0, 1)``, ``row_splits`` of the wrong length, or a split
         that leaves no training row.
     """
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not (
-            math.isfinite(test_fraction) and 0 <= test_fraction < 1):
-        raise ValueError(f"test fraction must be a number in [0, 1), got {test_fraction!r}")
+    check_test_fraction(test_fraction)
     if row_splits is not None:
         if len(row_splits) != n:
             raise ValueError(f"split column has {len(row_splits)} entries for {n} rows")
