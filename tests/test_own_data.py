@@ -6,7 +6,6 @@ decoded, with messages that name the problem."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
