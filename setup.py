@@ -1,5 +1,8 @@
 """Install pyro_causalvae: ``pip install .`` (add ``[test]`` for the test suite and the notebooks,
-``[docs]`` for the documentation)."""
+``[docs]`` for the documentation).
+
+Python 3.11, 3.12 and 3.13 are tested in CI (``.ci/run``): Python 3.11 gets ArviZ 0.23 (``InferenceData``),
+Python >= 3.12 ArviZ >= 1.0 (``xarray.DataTree``); ``pyro_causalvae.analysis`` works with both."""
 
 from pathlib import Path
 
@@ -23,7 +26,8 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "pyro-ppl>=1.9",
-        "arviz>=0.17",
+        "arviz>=0.23",  # 0.23 (Python 3.11) and >= 1.0 (Python >= 3.12) are tested
+        "xarray>=2024.10",  # xarray.DataTree (imported by pyro_causalvae._arviz)
         "networkx>=3.0",
         "matplotlib>=3.7",
         "tqdm>=4.60",
@@ -33,10 +37,16 @@ setup(
         "chirho": ["chirho>=0.2"],
         "test": ["pytest>=7", "hypothesis>=6.80", "graphviz>=0.20", "chirho>=0.2", "nbmake>=1.5"],
         "docs": ["sphinx>=7", "myst-nb>=1.0", "furo>=2024.1"],
+        # benchmarks/scale.py's comparison only; never imported by the library
+        "bench": ["dagma>=1.1", "causal-learn>=0.1.3", "lingam>=1.8", "scikit-learn>=1.0"],
     },
     entry_points={"console_scripts": ["pyro-causalvae=pyro_causalvae.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

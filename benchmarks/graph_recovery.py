@@ -31,12 +31,11 @@ def free_al(model: CausalVAE, labels: torch.Tensor, steps: int, seed: int, al_ev
     w = LossWeights()
     opt = torch.optim.Adam(list(model.mechanisms.parameters()) + [model.A_raw], lr=3e-3)
     g = torch.Generator().manual_seed(seed)
-    d = model.concept_dim
     for step in range(steps):
-        ub = labels[torch.randint(0, len(labels), (256,), generator=g)][..., None].expand(-1, -1, d)
+        ub = labels[torch.randint(0, len(labels), (256,), generator=g)]  # [256, K]
         A = model.adjacency
         Aa = A.abs()
-        loss = (((ub - model.mechanisms(ub, A)) ** 2).sum((-1, -2)).mean() / d + model.al.penalty(model.acyclicity())
+        loss = (((ub - model.mechanisms(ub, A)) ** 2).sum(-1).mean() + model.al.penalty(model.acyclicity())
                 + w.sparsity * Aa.sum() + w.path * (Aa @ Aa).sum())
         opt.zero_grad()
         loss.backward()

@@ -130,7 +130,7 @@ def child(csv: str, stream: str, workers: int, steps: int, batch: int) -> dict:
     out["images_per_s_pass"] = seen / out["pass_s"]
     if steps:
         part = ds.subset(torch.arange(min(len(ds), steps * batch)))
-        model = CausalVAE(ds.concepts, ds.image_shape, concept_dim=1, graph=[("c0", "c1")], channels=16, hidden=64,
+        model = CausalVAE(ds.concepts, ds.image_shape, style_dim=1, graph=[("c0", "c1")], channels=16, hidden=64,
                           label_loc=ds.label_loc, label_scale=ds.label_scale)
         t0 = time.perf_counter()
         fit(model, part, epochs=1, batch_size=batch, progress=False, num_workers=workers, order_search=False, prune=False)

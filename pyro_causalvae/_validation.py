@@ -212,28 +212,6 @@ def check_finite(t: torch.Tensor, what: str) -> None:
             raise ValueError(f"{what} has non-finite values ({int(bad.sum())} entries; first {kind} at index {idx})")
 
 
-def check_partial_labels(labels: torch.Tensor, concepts: Sequence[str], what: str = "labels") -> None:
-    """Labels ``[N, K]`` where NaN marks a missing label: refuse ``inf`` and a concept with no label at all.
-
-    :raises ValueError: naming the concept (and the first bad row) otherwise.
-    """
-    bad = torch.isinf(labels)
-    if bad.any():
-        row, col = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"{what} of concept {concepts[col]!r} (column {col}) are not finite: {float(labels[row, col])} in row {row} "
-            f"({int(bad[:, col].sum())} bad entries in that column); NaN marks a missing label, inf is refused"
-        )
-    if labels.shape[0] > 0:
-        empty = torch.isnan(labels).all(0)
-        if empty.any():
-            col = int(empty.nonzero()[0, 0])
-            raise ValueError(
-                f"{what} of concept {concepts[col]!r} (column {col}) are all missing (NaN in all {labels.shape[0]} rows): "
-                "a concept needs at least one label"
-            )
-
-
 def missing_label_line(labels: torch.Tensor, concepts: Sequence[str]) -> str:
     """One line: how many labels are missing per concept (``labels`` ``[N, K]``, NaN = missing)."""
     n = labels.shape[0]

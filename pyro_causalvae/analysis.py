@@ -1,210 +1,78 @@
 """Posterior analysis with ArviZ: the amortised posterior of each image's concepts, and counterfactuals.
 
-- :func:`to_inference_data`: draws from the guide ``q(eps | x)`` pushed through the structural equations,
-  i.e. the posterior of every image's concept values, as an ArviZ object (``posterior``; optionally the
+- :func:`to_inference_data`: draws from the guide ``q(c, style | x)``, i.e. the posterior of every image's
+  concept values, as an ArviZ object (``posterior``; optionally the
   posterior-predictive images and the observed labels / images).
 - :func:`intervention_effect`: the distribution of counterfactual concept values under ``do(...)``
   (abduction by sampling the guide, action, prediction: :func:`pyro_causalvae.queries.counterfactual`
   with ``abduction="sample"``), next to the factual values and the per-draw effect.
-- :func:`summary`, :func:`hdi`, :func:`plot_forest`: thin wrappers over ``az.summary`` / ``az.hdi`` /
-  ``az.plot_forest`` that take the same arguments under ArviZ 0.x and 1.x.
+- :func:`summary`, :func:`hdi`, :func:`plot_forest` (re-exported from :mod:`pyro_causalvae._arviz`):
+  ``az.summary`` / ``az.hdi`` / ``az.plot_forest`` with the same arguments and the same numbers under
+  ArviZ 0.x and 1.x.
 
 Layout of the ArviZ objects (one design for every function here):
 
 .. code-block:: none
 
     posterior / concepts        (chain, draw, image, concept)          concept values, in `units`
-    posterior / concept_blocks  (chain, draw, image, concept, block)   every dim of each block (blocks=True)
+    posterior / style           (chain, draw, image, style_dim)        the style latents (if any)
     posterior_predictive / x    (chain, draw, image, *pixel dims)      decoder mean or a sample of p(x | z)
     observed_data / labels      (image, concept)                       the labels given as `u`
     observed_data / x           (image, *pixel dims)                   the images (with posterior_predictive)
 
-A *concept value* is the mean of the concept's latent block (``concept_dim`` dims, each a reading of the
-concept's label): what :mod:`pyro_causalvae.queries` reports too. Draws are i.i.d. from the amortised
+A *concept value* is the value of the concept's sample site (normalised label units in the model, shown
+in ``units``): what :mod:`pyro_causalvae.queries` reports too. Draws are i.i.d. from the amortised
 guide (no MCMC): ``chain`` only splits them into independent batches, so ``r_hat`` and ``ess`` are
-trivially good; use ``kind="stats"`` in ``az.summary``.
+trivially good; :func:`summary` shows the statistics only (``kind="stats"``) by default.
 
-ArviZ versions. ArviZ 0.x (0.23 here) stores groups in an ``arviz.InferenceData``; ArviZ >= 1.0 (Python
->= 3.12) uses an ``xarray.DataTree`` with one child node per group. Both are built here from the same
-``xarray.Dataset`` per group (:func:`make_inference_data`); :data:`ARVIZ_1` says which one you get. Both
-support ``data["posterior"]`` and ArviZ's functions; the keyword arguments of ``az.summary``,
-``az.hdi`` and ``az.plot_forest`` differ between the versions (``hdi_prob`` vs ``ci_prob`` /
-``ci_probs``), which the wrappers :func:`summary`, :func:`hdi` and :func:`plot_forest` hide.
+ArviZ versions. ArviZ 0.x (0.23 on Python 3.11) stores groups in an ``arviz.InferenceData``; ArviZ >= 1.0
+(Python >= 3.12) uses an ``xarray.DataTree`` with one child node per group. The functions here hand plain
+arrays of draws to :func:`pyro_causalvae._arviz.from_draws`, which builds the installed version's object;
+:data:`ARVIZ_1` says which one you get (found by trying the installed ArviZ, not from its version
+number). :func:`get_group` reads a group as an ``xarray.Dataset`` under both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-import xarray as xr
 
+from ._arviz import (  # noqa: F401  (az, SAMPLE_DIMS, check_prob: for callers of analysis)
+    ARVIZ_1,
+    ARVIZ_VERSION,
+    SAMPLE_DIMS,
+    az,
+    check_prob,
+    forest_intervals,
+    from_draws,
+    get_group,
+    hdi,
+    plot_forest,
+    summary,
+)
 from ._validation import check_do, check_finite
-from .model import CausalVAE
+from .model import STYLE, CausalVAE
 from .queries import check_images, counterfactual
-
-with warnings.catch_warnings():
-    # ArviZ 0.x announces its 1.0 refactor with a FutureWarning on import; it is not about this code.
-    warnings.filterwarnings("ignore", message=".*ArviZ is undergoing a major refactor.*", category=FutureWarning)
-    import arviz as az
 
 __all__ = [
     "ARVIZ_1",
     "ARVIZ_VERSION",
+    "forest_intervals",
+    "from_draws",
     "get_group",
     "hdi",
     "intervention_effect",
-    "make_inference_data",
     "plot_forest",
     "summary",
     "to_inference_data",
 ]
-
-
-def _major_version(version: str) -> int:
-    m = re.match(r"\s*(\d+)", str(version))
-    return int(m.group(1)) if m else 0
-
-
-#: the installed ArviZ version string
-ARVIZ_VERSION: str = getattr(az, "__version__", "0")
-#: ``True`` under ArviZ >= 1.0 (objects are ``xarray.DataTree``), ``False`` under 0.x (``InferenceData``)
-ARVIZ_1: bool = _major_version(ARVIZ_VERSION) >= 1
-
-SAMPLE_DIMS = ("chain", "draw")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# ArviZ 0.x / 1.x compatibility layer
-# ---------------------------------------------------------------------------------------------------------
-def _with_attrs(ds: xr.Dataset, attrs: dict) -> xr.Dataset:
-    ds = ds.copy()  # shallow: the arrays are shared, the attributes are not
-    ds.attrs = {**ds.attrs, **attrs}
-    return ds
-
-
-def _as_inferencedata(groups: dict[str, xr.Dataset], attrs: dict):
-    """ArviZ 0.x: ``az.InferenceData(posterior=..., ...)`` (custom group names are allowed)."""
-    groups = {name: _with_attrs(ds, attrs) for name, ds in groups.items()}
-    return az.InferenceData(**groups)
-
-
-def _as_datatree(groups: dict[str, xr.Dataset], attrs: dict):
-    """ArviZ 1.x: an ``xarray.DataTree`` with one child node per group (what ``arviz_base.from_dict``
-    builds), global attributes on the root."""
-    groups = {name: _with_attrs(ds, attrs) for name, ds in groups.items()}
-    tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in groups.items()})
-    tree.attrs.update(attrs)
-    return tree
-
-
-def make_inference_data(groups: Mapping[str, xr.Dataset | None], attrs: Mapping | None = None):
-    """Bundle one ``xarray.Dataset`` per group into the installed ArviZ's container.
-
-    :param groups: ``{group name: Dataset}`` (``None`` values are skipped); sampled groups carry the
-        dims ``("chain", "draw", ...)``.
-    :param attrs: attributes (strings / numbers) set on every group (and on the root of a DataTree).
-    :returns: an ``arviz.InferenceData`` under ArviZ 0.x, an ``xarray.DataTree`` under ArviZ >= 1.0.
-    """
-    groups = {k: v for k, v in groups.items() if v is not None}
-    attrs = dict(attrs or {})
-    return _as_datatree(groups, attrs) if ARVIZ_1 else _as_inferencedata(groups, attrs)
-
-
-def get_group(data, group: str) -> xr.Dataset:
-    """The ``xarray.Dataset`` of one group of an ``InferenceData`` (ArviZ 0.x) or a ``DataTree`` (1.x).
-
-    :raises KeyError: if the group is missing.
-    """
-    if hasattr(xr, "DataTree") and isinstance(data, xr.DataTree):
-        if group not in data.children:
-            raise KeyError(f"no group {group!r}; groups are {list(data.children)}")
-        return data[group].to_dataset()
-    if group not in data.groups():
-        raise KeyError(f"no group {group!r}; groups are {list(data.groups())}")
-    return data[group]
-
-
-def _check_prob(prob: float) -> float:
-    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 < prob < 1:
-        raise ValueError(f"prob must be a number in (0, 1), got {prob!r}")
-    return float(prob)
-
-
-def summary(data, var_names: Sequence[str] | None = None, coords: Mapping | None = None, prob: float = 0.94,
-            kind: str = "stats", **kwargs):
-    """``az.summary`` with the HDI at ``prob``, the same call under ArviZ 0.x and 1.x.
-
-    :param data: an object from this module (or any ArviZ object).
-    :param var_names: variables of the posterior to summarise (default all).
-    :param coords: a selection, e.g. ``{"concept": ["light_angle"], "image": [0]}``.
-    :param prob: HDI probability (0.x: ``hdi_prob``; 1.x: ``ci_prob`` with ``ci_kind="hdi"``).
-    :param kind: ``"stats"`` (default: mean, sd, HDI), or ``"all"`` to add the sampling diagnostics.
-    :returns: a ``pandas.DataFrame``, one row per scalar.
-    """
-    prob = _check_prob(prob)
-    var_names = list(var_names) if var_names is not None else None
-    if ARVIZ_1:
-        return az.summary(data, var_names=var_names, coords=coords, kind=kind, ci_prob=prob, ci_kind="hdi", **kwargs)
-    return az.summary(data, var_names=var_names, coords=coords, kind=kind, hdi_prob=prob, **kwargs)
-
-
-def hdi(data, var_names: Sequence[str] | None = None, coords: Mapping | None = None, prob: float = 0.94, **kwargs):
-    """``az.hdi`` at ``prob`` (0.x: ``hdi_prob``; 1.x: ``prob``) on the posterior group.
-
-    :returns: an ``xarray.Dataset`` with the sample dims replaced by a two-value bound dim
-        (``hdi`` in 0.x, ``ci_bound`` in 1.x).
-    """
-    prob = _check_prob(prob)
-    var_names = list(var_names) if var_names is not None else None
-    if ARVIZ_1:
-        return _tree_to_dataset(az.hdi(data, var_names=var_names, coords=coords, prob=prob, **kwargs))
-    return az.hdi(data, var_names=var_names, coords=coords, hdi_prob=prob, **kwargs)
-
-
-def _tree_to_dataset(result, group: str = "posterior"):
-    """A ``DataTree`` result (ArviZ 1.x on a tree) as the Dataset of ``group``; anything else unchanged."""
-    if hasattr(xr, "DataTree") and isinstance(result, xr.DataTree):
-        return result[group].to_dataset() if group in result.children else result.to_dataset()
-    return result
-
-
-def plot_forest(data, var_names: Sequence[str] | None = None, coords: Mapping | None = None, prob: float = 0.94,
-                combined: bool = True, **kwargs):
-    """``az.plot_forest`` with HDIs at ``prob``, the same call under ArviZ 0.x and 1.x.
-
-    :param data: one ArviZ object (or ``xarray.Dataset`` of draws), or a ``dict`` ``{label: object}`` to
-        compare several (e.g. the factual and counterfactual posteriors), drawn side by side per variable.
-    :param var_names: variables to draw (default all in the posterior).
-    :param coords: a selection, e.g. ``{"image": [0]}``.
-    :param prob: outer interval probability (0.x: ``hdi_prob``; 1.x: ``ci_probs=(0.5, prob)``,
-        ``ci_kind="hdi"``).
-    :param combined: pool the chains.
-    :param kwargs: passed to ``az.plot_forest`` (``figsize`` works under both versions).
-    :returns: what ``az.plot_forest`` returns: matplotlib axes (0.x) or a ``PlotCollection`` (1.x).
-    """
-    prob = _check_prob(prob)
-    var_names = list(var_names) if var_names is not None else None
-    if ARVIZ_1:
-        probs = (0.5, prob) if prob > 0.5 else (prob / 2, prob)
-        if "figsize" in kwargs:  # 1.x takes the figure size through the PlotCollection's figure_kwargs
-            kwargs["figure_kwargs"] = {**kwargs.get("figure_kwargs", {}), "figsize": kwargs.pop("figsize")}
-        if isinstance(data, dict):  # {label: DataTree}: a Dataset of draws becomes a tree's posterior
-            data = {k: _as_datatree({"posterior": v.copy()}, {}) if isinstance(v, xr.Dataset) else v
-                    for k, v in data.items()}
-        return az.plot_forest(data, var_names=var_names, coords=coords, combined=combined, ci_kind="hdi",
-                              ci_probs=probs, **kwargs)
-    if isinstance(data, dict):  # (InferenceData and DataTree are Mappings themselves)
-        kwargs.setdefault("model_names", list(data.keys()))
-        data = list(data.values())
-    return az.plot_forest(data, var_names=var_names, coords=coords, combined=combined, hdi_prob=prob, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,27 +154,31 @@ def _to_units(model: CausalVAE, z: torch.Tensor, units: str) -> torch.Tensor:
 # the posterior of the concepts
 # ---------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def _guide_draws(model: CausalVAE, x: torch.Tensor, num: int, predictive: str | None):
-    """``num`` draws of the concept blocks from the guide, vectorised over draws with a plate (in chunks of
-    at most 4,096 image rows, or about 16 M pixel values with images).
+def _guide_draws(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, num: int, predictive: str | None):
+    """``num`` draws of the concept values from the guide, vectorised over draws with a plate (in chunks of
+    at most 4,096 image rows, or about 16 M pixel values with images). Labelled concepts (``u``, normalised)
+    keep their label in every draw.
 
-    :returns: ``(z [num, N, K, d], images [num, N, *image_shape] or None)``.
+    :returns: ``(c [num, N, K], style [num, N, S], images [num, N, *image_shape] or None)``.
     """
     N = x.shape[0]
     max_rows = 4096 if predictive is None else max(1, min(4096, (1 << 24) // math.prod(model.image_shape)))
     per_chunk = max(1, max_rows // N)
-    zs, xs = [], []
+    zs, ss, xs = [], [], []
     for start in range(0, num, per_chunk):
         s = min(per_chunk, num - start)
         with pyro.plate("draws", s, dim=-2):
-            guide_tr = poutine.trace(model.guide).get_trace(x)
-            z = guide_tr.nodes["_RETURN"]["value"]  # [s, N, K, d]
-            if predictive is not None:
-                model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(None, None, N)
-                site = model_tr.nodes["x"]
-                xs.append(site["fn"].mean if predictive == "mean" else site["value"])
-        zs.append(z.expand(s, *z.shape[-3:]))
-    return torch.cat(zs), (torch.cat(xs) if predictive is not None else None)
+            guide_tr = poutine.trace(model.guide).get_trace(x, u)
+            model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(None, u, N)
+        z = model_tr.nodes["_RETURN"]["value"]  # [s, N, K] (or [1, N, K] when nothing was drawn)
+        if predictive is not None:
+            mean = model_tr.nodes["x"]["value"].expand(s, N, *model.image_shape)
+            xs.append(mean if predictive == "mean" else mean + model.pixel_scales() * torch.randn_like(mean))
+        zs.append(z.expand(s, *z.shape[-2:]))
+        if model.style_dim:
+            ss.append(guide_tr.nodes[STYLE]["value"])
+    style = torch.cat(ss) if ss else x.new_zeros(num, N, 0)
+    return torch.cat(zs), style, (torch.cat(xs) if predictive is not None else None)
 
 
 def to_inference_data(
@@ -318,29 +190,26 @@ def to_inference_data(
     posterior_predictive: bool | str = False,
     seed: int | None = None,
     units: str = "natural",
-    blocks: bool = False,
 ):
     """The amortised posterior of each image's concept values as an ArviZ object.
 
-    Each draw samples every concept's exogenous noise from the guide ``model.guide`` (``q(eps | x)``)
-    and pushes it through the structural equations, exactly as the guide does in training; the draws are
-    i.i.d. (``num_chains * num_samples`` of them, split into chains for ArviZ's layout).
+    Each draw samples every unlabelled concept (and the style) from the guide ``model.guide``
+    (``q(c, style | x)``), exactly as in training; a concept labelled in ``u`` keeps its label. The draws
+    are i.i.d. (``num_chains * num_samples`` of them, split into chains for ArviZ's layout).
 
-    Groups and variables (``S = num_samples``, ``C = num_chains``, ``N`` images, ``K`` concepts,
-    ``d = model.concept_dim``):
+    Groups and variables (``S = num_samples``, ``C = num_chains``, ``N`` images, ``K`` concepts):
 
-    - ``posterior["concepts"]``: ``(chain, draw, image, concept)`` ``[C, S, N, K]``, the concept value
-      (mean of its latent block), coordinate ``concept`` = the concept names, ``image`` = ``0..N-1``.
-    - ``posterior["concept_blocks"]`` (``blocks=True``): ``(chain, draw, image, concept, block)``
-      ``[C, S, N, K, d]``, every dim of every block.
+    - ``posterior["concepts"]``: ``(chain, draw, image, concept)`` ``[C, S, N, K]``, the concept values,
+      coordinate ``concept`` = the concept names, ``image`` = ``0..N-1``.
+    - ``posterior["style"]`` (``model.style_dim > 0``): ``(chain, draw, image, style_dim)``, the style latents.
     - ``posterior_predictive["x"]`` (``posterior_predictive`` set): ``(chain, draw, image, *pixel dims)``
       with pixel dims ``(channel, row, column)`` for images and ``(feature,)`` for flat observations:
-      the decoder mean (``True`` or ``"mean"``) or a sample of ``p(x | z)`` (``"sample"``: the mean plus
-      Normal pixel noise of std ``model.pixel_scale``, not clipped to [0, 1]). ``observed_data["x"]``
+      the decoder mean (``True`` or ``"mean"``) or a sample of ``p(x | c, style)`` (``"sample"``: the mean plus
+      Normal pixel noise of std ``model.pixel_scales()``, not clipped to [0, 1]). ``observed_data["x"]``
       then holds the images.
     - ``observed_data["labels"]`` (``u`` given): ``(image, concept)``, ``u`` as given.
 
-    Units: with ``units="natural"`` (default) concept values (and their blocks) are in the dataset's
+    Units: with ``units="natural"`` (default) concept values are in the dataset's
     label units, ``model.denormalise(z) = z * label_scale + label_loc`` (radians for Pendulum's angles),
     and ``u`` must be in natural units too (``dataset.labels``); with ``"normalised"``, the model's own
     units (about [-1, 1]) and ``u`` like ``dataset.labels_normalised``.
@@ -355,7 +224,6 @@ def to_inference_data(
     :param seed: seeds torch's RNG for the draws (the caller's RNG state is restored); ``None`` uses and
         advances the current state.
     :param units: ``"natural"`` or ``"normalised"``.
-    :param blocks: add ``posterior["concept_blocks"]``.
     :returns: an ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ >= 1.0).
     :raises ValueError: for images of the wrong shape, non-finite or out-of-range pixels, bad labels,
         ``num_samples < 1`` and other bad arguments (before any work).
@@ -376,40 +244,38 @@ def to_inference_data(
     N = x.shape[0]
     labels = _check_labels(model, u, N) if u is not None else None
 
+    u_norm = None if labels is None else (model.normalise(labels) if units == "natural" else labels)
     with seeded(seed, x.device):
-        z, images = _guide_draws(model, x, num_chains * num_samples, predictive)
-    K, d = len(model.concepts), model.concept_dim
-    z = z.reshape(num_chains, num_samples, N, K, d)
+        z, style, images = _guide_draws(model, x, u_norm, num_chains * num_samples, predictive)
+    K = len(model.concepts)
+    z = z.reshape(num_chains, num_samples, N, K)
     coords = _sample_coords(num_chains, num_samples, N, model)
-    post = {"concepts": (("chain", "draw", "image", "concept"), _np(_to_units(model, z.mean(-1), units)))}
-    if blocks:
-        zb = model.denormalise(z.transpose(-1, -2)).transpose(-1, -2) if units == "natural" else z
-        post["concept_blocks"] = (("chain", "draw", "image", "concept", "block"), _np(zb))
-        coords["block"] = np.arange(d)
-    groups: dict[str, xr.Dataset] = {"posterior": xr.Dataset(post, coords=coords)}
+    post = {"concepts": (("chain", "draw", "image", "concept"), _np(_to_units(model, z, units)))}
+    if model.style_dim:
+        post["style"] = (("chain", "draw", "image", "style_dim"),
+                         _np(style.reshape(num_chains, num_samples, N, model.style_dim)))
+        coords["style_dim"] = np.arange(model.style_dim)
+    groups: dict[str, dict] = {"posterior": post}
 
     pix = _pixel_dims(model)
     observed = {}
     if images is not None:
         images = images.reshape(num_chains, num_samples, N, *model.image_shape)
-        groups["posterior_predictive"] = xr.Dataset(
-            {"x": (("chain", "draw", "image", *pix), _np(images))},
-            coords={k: coords[k] for k in ("chain", "draw", "image")})
+        groups["posterior_predictive"] = {"x": (("chain", "draw", "image", *pix), _np(images))}
         observed["x"] = (("image", *pix), _np(x))
     if labels is not None:
         observed["labels"] = (("image", "concept"), _np(labels))
     if observed:
-        groups["observed_data"] = xr.Dataset(observed, coords={"image": coords["image"], "concept": coords["concept"]})
+        groups["observed_data"] = observed
     attrs = {
         "created_by": "pyro_causalvae.analysis.to_inference_data",
         "inference_library": "pyro",
         "inference": "amortised variational guide, i.i.d. draws",
         "units": units,
-        "concept_value": "mean of the concept's latent block",
-        "concept_dim": d,
+        "concept_value": "the concept site's value (the label where labelled)",
         "posterior_predictive": predictive or "none",
     }
-    return make_inference_data(groups, attrs)
+    return from_draws(groups, coords, attrs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -492,26 +358,24 @@ def intervention_effect(
     coords = _sample_coords(num_chains, num_samples, N, model)
     dims = ("chain", "draw", "image", "concept")
     groups = {
-        "posterior": xr.Dataset({"concepts": (dims, _np(cf)), "effect": (dims, _np(cf - fa))}, coords=coords),
-        "factual": xr.Dataset({"concepts": (dims, _np(fa))}, coords=coords),
+        "posterior": {"concepts": (dims, _np(cf)), "effect": (dims, _np(cf - fa))},
+        "factual": {"concepts": (dims, _np(fa))},
     }
-    names = list(values)
+    coords["intervened"] = list(values)
     do_table = torch.stack([v.expand(N) for v in values.values()], dim=-1)  # [N, len(do)]
-    groups["constant_data"] = xr.Dataset({"do": (("image", "intervened"), _np(do_table))},
-                                         coords={"image": coords["image"], "intervened": names})
+    groups["constant_data"] = {"do": (("image", "intervened"), _np(do_table))}
     if posterior_predictive:
         pix = _pixel_dims(model)
         shape = (num_chains, num_samples, N, *model.image_shape)
-        groups["posterior_predictive"] = xr.Dataset(
-            {"x": (("chain", "draw", "image", *pix), _np(torch.cat(out["images"]).reshape(shape))),
-             "x_factual": (("chain", "draw", "image", *pix), _np(torch.cat(out["factual_images"]).reshape(shape)))},
-            coords={k: coords[k] for k in ("chain", "draw", "image")})
+        groups["posterior_predictive"] = {
+            "x": (("chain", "draw", "image", *pix), _np(torch.cat(out["images"]).reshape(shape))),
+            "x_factual": (("chain", "draw", "image", *pix), _np(torch.cat(out["factual_images"]).reshape(shape)))}
     attrs = {
         "created_by": "pyro_causalvae.analysis.intervention_effect",
         "inference_library": "pyro",
         "inference": "counterfactual: guide-sampled abduction, action, prediction",
         "do": _do_description(do),
         "units": units,
-        "concept_value": "mean of the concept's latent block",
+        "concept_value": "the concept site's value",
     }
-    return make_inference_data(groups, attrs)
+    return from_draws(groups, coords, attrs)

@@ -8,18 +8,17 @@ network of the model frozen:
 
     a_e ~ Laplace(0, b)   (or Normal(0, b))                  site "A"         [E]   one weight per candidate edge
     A   = A_trained with the candidate entries set to a                          [K, K]
-    z_n = the concepts of item n (normalised labels, every dim of a block)        [N, K, d]
-    z_n,i ~ Normal(g_i(A[:, i] o z_n), s_i)   for every concept i               site "concepts"  [N, K, d]
+    z_n = the concepts of item n (normalised labels)                              [N, K]
+    z_n,i ~ p_i(z_n,i | g_i(A[:, i] o z_n))   for every concept i               factor "concepts"  [N]
     q(a) = Normal(m, diag(v))                                                    the guide (mean-field)
 
-The likelihood is the SCM part of the CausalVAE: the structural equations ``z_i = g_i(A[:, i] o z) +
-s_i eps_i`` (:class:`~pyro_causalvae.nets.Mechanisms`) with the model's noise scales ``s_i``, evaluated
-on the concepts given by the labels (every dim of a concept block reads its normalised label, as in the
-model's labels site), or, for unlabelled data, on the encoder's posterior means.
+The likelihood is the SCM part of the CausalVAE: each concept's density under its structural equation
+``z_i = g_i(A[:, i] o z) + s_i f_i(eps_i)`` (:mod:`pyro_causalvae.equations`, with the model's noise
+scales and noise shapes), evaluated on the concepts given by the labels, or, for unlabelled data, on the
+encoder's posterior means.
 
-Why post hoc, with the networks frozen (rather than jointly with the VAE): the pixels give ``A`` no
-gradient (the guide makes the decoder's input independent of the mechanisms; see ``docs/method.md``),
-so the only parts of the ELBO that involve ``A`` are the SCM terms above. Fitting them with the encoder,
+Why post hoc, with the networks frozen (rather than jointly with the VAE): the only parts of the ELBO
+that involve ``A`` are the concepts' densities above. Fitting them with the encoder,
 decoder and mechanisms held at their trained values gives the posterior of ``A`` *conditional on* the
 trained mechanisms, in seconds, without retraining or changing the training objective. (Refitting the
 mechanisms' weights by maximum likelihood together with ``q(A)`` overfits: on a tiny SCM with 300 labels
@@ -30,11 +29,11 @@ the point estimate of ``A``. Hence: fit on held-out labels (e.g. the test split)
 mechanism learned from the training labels' noise through a spurious edge are no evidence; and the
 default prior ``Laplace(0, 0.05)`` is tight (``P(|a| > 0.1) = exp(-2)`` a priori), so that an edge whose
 mechanism ignores it (a flat likelihood) stays unlikely and a high ``P(|A[j, i]| > threshold)`` means the
-data moved the weight away from 0. Each parent block enters ``g_i`` through a unit-norm projection, so
+data moved the weight away from 0. Each parent enters ``g_i`` through a unit-norm weight vector, so
 ``|A[j, i]|`` alone is the edge's strength (its scale still trades against the mechanism's later layers,
 differently per concept: choose the threshold from the weights in :meth:`GraphPosterior.summary`).
 
-Candidate edges default to the model's allowed support (:meth:`CausalVAE.possible_parents`): the known
+Candidate edges default to the model's allowed support (:func:`candidate_edges`): the known
 edges of a known graph; for a learned graph, every pair consistent with the model's causal order
 (forbidden edges excluded). Every draw of ``A`` is then a DAG; an edge against the causal order has
 no weight in the structural equations and gets no posterior.
@@ -51,14 +50,13 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-import xarray as xr
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import analysis
+from . import _arviz, analysis
 from ._validation import check_finite
 from .model import CausalVAE
-from .nets import Mechanisms
+from .equations import AdditiveNoise, Mechanisms, NoiseSplines
 
 __all__ = ["GraphPosterior", "candidate_edges", "edge_label", "fit_graph_posterior"]
 
@@ -71,13 +69,11 @@ def edge_label(parent: str, child: str) -> str:
 def candidate_edges(model: CausalVAE) -> list[tuple[str, str]]:
     """The edges whose weights may be non-zero in the structural equations (the model's allowed support):
     ``(parent, child)`` pairs, children in the model's causal order, then parents in that order."""
-    pos = {c: k for k, c in enumerate(model.order)}
-    parents = model.possible_parents()
-    support = model.support.detach().cpu()
+    allowed = (model.support * model.order_mask).detach().cpu()
     out = []
-    for i in model.order:
-        for j in sorted(parents[i], key=pos.get):
-            if support[j, i] != 0:
+    for k, i in enumerate(model.order):
+        for j in model.order[:k]:
+            if allowed[j, i] != 0:
                 out.append((model.concepts[j], model.concepts[i]))
     return out
 
@@ -165,7 +161,7 @@ class GraphPosterior:
 
     def interval(self, prob: float = 0.94) -> torch.Tensor:
         """``[E, 2]`` central credible interval of each weight (the HDI too: ``q`` is Normal)."""
-        prob = analysis._check_prob(prob)
+        prob = _arviz.check_prob(prob)
         z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + prob / 2)).item()
         return torch.stack([self.loc - z * self.scale, self.loc + z * self.scale], dim=-1)
 
@@ -245,23 +241,22 @@ class GraphPosterior:
         coords = {"chain": np.arange(num_chains), "draw": np.arange(num_draws), "edge": self.edge_names}
         dims = ("chain", "draw", "edge")
         draws = self.sample(S, seed).numpy().reshape(num_chains, num_draws, E)
-        groups = {"posterior": xr.Dataset({"A": (dims, draws)}, coords=coords)}
+        groups = {"posterior": {"A": (dims, draws)}}
         if prior:
-            groups["prior"] = xr.Dataset({"A": (dims, self._prior_draws(S, seed).reshape(num_chains, num_draws, E))},
-                                         coords=coords)
-        groups["constant_data"] = xr.Dataset({"A_point": (("edge",), self.point.numpy())},
-                                             coords={"edge": self.edge_names})
+            groups["prior"] = {"A": (dims, self._prior_draws(S, seed).reshape(num_chains, num_draws, E))}
+        groups["constant_data"] = {"A_point": (("edge",), self.point.numpy())}
         attrs = {"created_by": "pyro_causalvae.bayes_graph.GraphPosterior.to_inference_data",
                  "inference_library": "pyro", "inference": "mean-field Normal variational posterior (SVI)",
                  "prior": f"{self.prior}(0, {self.prior_scale:g})"}
-        return analysis.make_inference_data(groups, attrs)
+        return _arviz.from_draws(groups, coords, attrs)
 
     def plot_forest(self, prob: float = 0.94, num_draws: int = 1000, seed: int | None = 0, **kwargs):
-        """Forest plot of the edge weights (``az.plot_forest`` via :func:`pyro_causalvae.analysis.plot_forest`).
+        """Forest plot of the edge weights (``az.plot_forest`` via :func:`pyro_causalvae._arviz.plot_forest`:
+        the same intervals under ArviZ 0.x and 1.x), from ``num_draws`` draws of ``q``.
 
         :returns: matplotlib axes (ArviZ 0.x) or a ``PlotCollection`` (ArviZ >= 1.0).
         """
-        return analysis.plot_forest(self.to_inference_data(num_draws=num_draws, seed=seed, prior=False),
+        return _arviz.plot_forest(self.to_inference_data(num_draws=num_draws, seed=seed, prior=False),
                                     var_names=["A"], prob=prob, **kwargs)
 
     def __repr__(self) -> str:
@@ -274,16 +269,15 @@ class GraphPosterior:
 # the fit
 # -------------------------------------------------------------------------------------------------------
 def _concept_data(model: CausalVAE, data, units: str) -> torch.Tensor:
-    """``[N, K, d]`` normalised concepts (NaN where unobserved) from labels, a dataset or its images."""
-    K, d = len(model.concepts), model.concept_dim
+    """``[N, K]`` normalised concepts (NaN where unobserved) from labels, a dataset or its images."""
+    K = len(model.concepts)
     device = model.label_loc.device
     if isinstance(data, (torch.Tensor, np.ndarray)):
         u = torch.as_tensor(data, dtype=torch.float32).to(device)
         if u.dim() != 2 or u.shape[1] != K or u.shape[0] == 0:
             raise ValueError(f"labels must have shape [N, {K}] (N >= 1), got {list(u.shape)}")
         check_finite(analysis.nan_as_zero(u), "labels")
-        u = model.normalise(u) if units == "natural" else u
-        return u[..., None].expand(-1, -1, d)
+        return model.normalise(u) if units == "natural" else u
     concepts = getattr(data, "concepts", None)
     if concepts is None or not hasattr(data, "images"):
         raise ValueError("data must be a labels tensor [N, K] or a ConceptImageDataset, "
@@ -293,8 +287,8 @@ def _concept_data(model: CausalVAE, data, units: str) -> torch.Tensor:
     if getattr(data, "labels", None) is not None:
         u = data.labels_normalised.to(device=device, dtype=torch.float32)
         check_finite(analysis.nan_as_zero(u), "dataset labels")
-        return u[..., None].expand(-1, -1, d)
-    # unlabelled: the encoder's posterior means of the concept blocks
+        return u
+    # unlabelled: the encoder's posterior means of the concepts
     images = data.images
     if images.shape[0] == 0:
         raise ValueError("dataset is empty")
@@ -332,9 +326,9 @@ def _noise_scale(model: CausalVAE, spec, z: torch.Tensor, mask: torch.Tensor, me
         return spec.to(z.device)
     if spec == "model":
         return model.noise_scales().detach()
-    r = (z - mech(z, A)) ** 2  # [N, K, d]
-    m = mask[..., None].float()
-    ms = (r * m).sum((0, 2)) / (m.sum((0, 2)) * z.shape[-1]).clamp_min(1.0)
+    r = (z - mech(z, A)) ** 2  # [N, K]
+    m = mask.float()
+    ms = (r * m).sum(0) / m.sum(0).clamp_min(1.0)
     return ms.sqrt().clamp_min(1e-3)
 
 
@@ -378,10 +372,10 @@ def fit_graph_posterior(
     :param edges: the candidate edges ``[(parent, child), ...]``; default :func:`candidate_edges`
         (the model's allowed support). Each must follow the model's causal order.
     :param units: units of a labels tensor: ``"natural"`` (default) or ``"normalised"``.
-    :param noise_scale: the likelihood's noise scale per concept: ``"model"`` (default, the model's
-        ``s_i``), ``"residual"`` (RMS residual of the concepts under the trained ``A``: an empirical-Bayes
-        choice, much sharper when children are near-deterministic functions of their parents), a
-        number, or ``[K]`` numbers.
+    :param noise_scale: the likelihood's noise per concept: ``"model"`` (default, the model's own
+        noise: scale ``s_i`` and shape ``f_i``), or Gaussian noise with scale ``"residual"`` (RMS residual of
+        the concepts under the trained ``A``: an empirical-Bayes choice, much sharper when children are
+        near-deterministic functions of their parents), a number, or ``[K]`` numbers.
     :param batch_size: items per step (the likelihood is scaled to the full data).
     :param lr: Adam step size.
     :param num_particles: ELBO samples per step.
@@ -390,7 +384,7 @@ def fit_graph_posterior(
     :returns: a :class:`GraphPosterior`.
     :raises ValueError: for bad data or settings (before any work).
     """
-    K, d = len(model.concepts), model.concept_dim
+    K = len(model.concepts)
     num_steps = analysis._check_count(num_steps, "num_steps")
     batch_size = analysis._check_count(batch_size, "batch_size")
     num_particles = analysis._check_count(num_particles, "num_particles")
@@ -407,14 +401,14 @@ def fit_graph_posterior(
             raise ValueError("the model's graph allows no edge; name candidate edges with edges=[(parent, child), ...]")
     pairs = _check_edges(model, edges)
     _noise_scale_spec(noise_scale, K)  # fail before any work
-    z = _concept_data(model, data, units).detach()  # [N, K, d], NaN where unobserved
+    z = _concept_data(model, data, units).detach()  # [N, K], NaN where unobserved
     N, E = z.shape[0], len(pairs)
     device = z.device
     rows = torch.tensor([j for j, _ in pairs], device=device)
     cols = torch.tensor([i for _, i in pairs], device=device)
     # a frozen, plain (non-Pyro) copy of the mechanisms: no param-store traffic, the model is untouched
     src = model.mechanisms
-    mech = Mechanisms(src.n, src.d, src.hidden).to(device)
+    mech = Mechanisms(src.n, src.hidden, src.kind).to(device)
     mech.load_state_dict(src.state_dict())
     mech.requires_grad_(False)
 
@@ -424,14 +418,32 @@ def fit_graph_posterior(
         base = A_model.clone()
         base[rows, cols] = 0.0  # the fixed entries (non-candidates keep their trained weights)
         # a concept's term counts where it and all its parents (fixed or candidate) are observed
-        observed = ~torch.isnan(z).any(-1)  # [N, K]
+        observed = ~torch.isnan(z)  # [N, K]
         candidate = torch.zeros(K, K, dtype=torch.bool, device=device)
         candidate[rows, cols] = True
         parents = ((A_model != 0) | candidate).float()  # [K, K]
         mask = observed & ((~observed).float() @ parents == 0)  # [N, K]
         z0 = z.nan_to_num(0.0)
         s = _noise_scale(model, noise_scale, z0, mask, mech, base.index_put((rows, cols), point))  # [K]
+        splines = None
+        if isinstance(noise_scale, str) and noise_scale == "model" and model.noise_splines is not None:
+            src_splines = model.noise_splines  # a plain copy again: calling the PyroModule would register it
+            plain = NoiseSplines(K, src_splines.unnormalized_widths.shape[-1], src_splines.bound).to(device)
+            plain.load_state_dict(src_splines.state_dict())
+            splines = tuple(p.detach() for p in plain())
+    bound = model.noise_splines.bound if model.noise_splines is not None else 3.0
     bs = min(batch_size, N)
+
+    def concept_log_prob(zi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``[B, K]`` log-densities of the concepts given their mechanisms' outputs."""
+        out = []
+        for i in range(K):
+            root = not bool(parents[:, i].any())  # the model's noise shape: a spline for roots only
+            spline = None if splines is None or not root else tuple(p[i] for p in splines)
+            base_fn = dist.Normal(torch.zeros_like(g[:, i]), 1.0)
+            fn = dist.TransformedDistribution(base_fn, [AdditiveNoise(g[:, i], s[i], spline, bound)])
+            out.append(fn.log_prob(zi[:, i]))
+        return torch.stack(out, -1)
 
     def prior_dist():
         b = torch.full((E,), float(prior_scale), device=device)
@@ -442,10 +454,10 @@ def fit_graph_posterior(
         a = pyro.sample("A", prior_dist())  # [E]
         A = base.index_put((rows, cols), a)  # [K, K]
         with pyro.plate("data", N, subsample_size=bs) as idx:
-            zi = z0[idx]  # [B, K, d]
-            g = mech(zi, A)  # [B, K, d]: g_i(A[:, i] o z) for every concept i
-            fn = dist.Normal(g, s[:, None].expand(K, d)).mask(mask[idx][..., None])
-            pyro.sample("concepts", fn.to_event(2), obs=zi)
+            zi = z0[idx]  # [B, K]
+            g = mech(zi, A)  # [B, K]: g_i(A[:, i] o z) for every concept i
+            log_p = (concept_log_prob(zi, g) * mask[idx]).sum(-1)  # [B]
+            pyro.factor("concepts", log_p)
 
     loc = point.clone().requires_grad_(True)
     raw = torch.full((E,), math.log(math.expm1(init_scale)), device=device, requires_grad=True)

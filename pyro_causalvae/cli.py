@@ -1,6 +1,7 @@
 """Command line: ``pyro-causalvae demo | train | intervene | counterfactual | evaluate`` (also ``python -m pyro_causalvae``).
 
-Errors are printed as one readable line (exit status 2); ``--debug`` shows the traceback.
+Errors are printed as one readable line (exit status 2), whatever raised them; ``--debug`` (before or
+after the subcommand) shows the traceback instead. docs/hardening.md lists the messages.
 
 Data-parallel: ``torchrun --nproc_per_node N -m pyro_causalvae train ...`` (``--batch-size`` is the global
 batch); rank 0 prints, writes the checkpoints and the figures.
@@ -12,6 +13,7 @@ import argparse
 import inspect
 import os
 import sys
+import time
 from pathlib import Path
 
 from .cli_data import add_data_arguments, add_run_data_overrides, run_dataset, training_data
@@ -38,7 +40,12 @@ def _weights(items: list[str] | None):
     return LossWeights(**kw)
 
 
+#: the most values ``intervene`` draws a grid for (``--sweep``, ``--values``)
+MAX_SWEEP = 100
+
+
 def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    from .distributed import DEFAULT_PEER_TIMEOUT
     from .model import CausalVAE
 
     if not demo:
@@ -49,7 +56,7 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--epochs", type=int, default=12 if demo else 30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--concept-dim", type=int, default=4)
+    p.add_argument("--style-dim", type=int, default=0, help="unsupervised style latents outside the graph (default 0: none; a wide style block can absorb the concepts, see docs/method.md)")
     p.add_argument("--graph", default="learn",
                    help=f"learn | true (the dataset's or --true-graph's) | a graph file ({GRAPH_FILE_FORMATS}) | 'a->b,b->c'")
     p.add_argument("--weight", action="append", metavar="NAME=VALUE", help="loss weight, e.g. --weight kl=0.5 (repeatable)")
@@ -57,15 +64,22 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast the loss to bfloat16")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers for images read from disk (celeba, large folders; default: min(4, cores - 1))")
-    p.add_argument("--checkpoint-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: epoch ends only)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="write a checkpoint every N steps (0: only at the end; default: by time, see --checkpoint-interval)")
+    p.add_argument("--checkpoint-interval", type=float, default=60.0,
+                   help="without --checkpoint-every: at most one checkpoint per this many seconds (always one at the end)")
+    p.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--force", action="store_true", help="train into a non-empty --out that is not a run (its files may be overwritten)")
+    p.add_argument("--peer-timeout", type=float, default=DEFAULT_PEER_TIMEOUT,
+                   help="torchrun: seconds after which a rank that stopped responding ends the job")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data split")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    graph_defaults = inspect.signature(CausalVAE.graph).parameters
-    p.add_argument("--threshold", type=float, default=graph_defaults["threshold"].default,
-                   help="|A| threshold of the reported graph (model.graph)")
-    p.add_argument("--relative", type=float, default=graph_defaults["relative"].default,
-                   help="keep an edge only above this fraction of the strongest edge into the same concept (model.graph)")
+    graph_defaults = inspect.signature(CausalVAE.__init__).parameters
+    p.add_argument("--threshold", type=float, default=graph_defaults["edge_threshold"].default,
+                   help="an edge is in the graph (and in the structural equations) when |A| exceeds this")
+    p.add_argument("--relative", type=float, default=graph_defaults["edge_relative"].default,
+                   help="... and this fraction of the strongest edge into the same concept")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per phase is still printed)")
 
 
@@ -82,6 +96,17 @@ def _do_arg(items: list[str]) -> dict[str, float]:
         except ValueError as err:
             raise ValueError(f"--do {item!r}: {v!r} is not a number") from err
     return do
+
+
+def _check_out_suffix(out, suffix: str) -> None:
+    """``--out`` of a query must name a ``suffix`` file (so that a typo cannot overwrite another file)."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"--out {out} must name a {suffix} file")
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder; name a {suffix} file")
 
 
 def _query_image(args, model, cfg):
@@ -109,6 +134,11 @@ def run_intervene(args) -> int:
     from .checkpoint import CONFIG, load_model, read_json
     from .queries import intervention_grid, sweep_values
 
+    if not args.values and not 1 <= args.sweep <= MAX_SWEEP:
+        raise ValueError(f"--sweep must be >= 1 and at most {MAX_SWEEP}, got {args.sweep}")
+    if args.values and len(args.values) > MAX_SWEEP:
+        raise ValueError(f"--values takes at most {MAX_SWEEP} values, got {len(args.values)}")
+    _check_out_suffix(args.out, ".png")
     model = load_model(args.run_dir)
     cfg = read_json(Path(args.run_dir) / CONFIG)
     concepts = args.concept or list(model.concepts)
@@ -117,8 +147,6 @@ def run_intervene(args) -> int:
             raise ValueError(f"unknown concept {c!r}; the model's concepts are {list(model.concepts)}")
     if args.values and len(concepts) != 1:
         raise ValueError("--values applies to one --concept; use --sweep for several")
-    if not args.values and args.sweep < 1:
-        raise ValueError(f"--sweep must be >= 1, got {args.sweep}")
     x = _query_image(args, model, cfg)
     values = {c: (args.values if args.values else sweep_values(model, c, args.sweep)) for c in concepts}
     grid = intervention_grid(model, x, values)
@@ -137,9 +165,10 @@ def run_counterfactual(args) -> int:
     from . import plotting
     from .checkpoint import CONFIG, load_model, read_json
 
+    do = _do_arg(args.do)
+    _check_out_suffix(args.out, ".png")
     model = load_model(args.run_dir)
     cfg = read_json(Path(args.run_dir) / CONFIG)
-    do = _do_arg(args.do)
     x = _query_image(args, model, cfg)
     out = model.counterfactual(x, do=do)
     print(f"{'concept':<24}{'factual':>12}{'counterfactual':>16}")
@@ -161,6 +190,7 @@ def run_evaluate(args) -> int:
     from .metrics import edge_precision_recall, shd
     from .metrics.protocol import concept_latents, mic_tic_scores
 
+    _check_out_suffix(args.out, ".json")
     show = not args.no_progress
     model = load_model(args.run_dir)
     cfg = read_json(Path(args.run_dir) / CONFIG)
@@ -182,11 +212,13 @@ def run_evaluate(args) -> int:
         raise ValueError(f"evaluate needs at least 4 labelled images for MIC/TIC; {note} are {len(ds)} "
                          "(train with a larger --test-fraction)")
     print(f"{args.run_dir}: evaluating on {note}")
+    t0 = time.perf_counter()
     with phase(f"encoding {len(ds)} images"):
         latents = concept_latents(model, ds.images if ds.images is not None else ds, progress=show)
     with phase("MIC/TIC"):
         res = {"run": str(args.run_dir), "split": note, "images": len(ds)}
-        res.update(mic_tic_scores(latents, ds.labels.cpu().numpy(), ds.concepts))
+        res.update(mic_tic_scores(latents, ds.labels.cpu().numpy(), ds.concepts, progress=show))
+    res["seconds"] = round(time.perf_counter() - t0, 1)
     learned = model.graph()
     res["graph"] = [f"{a}->{b}" for a, b in learned.edges()]
     if ds.graph is not None:
@@ -249,25 +281,25 @@ def _check_graph_args(args) -> None:
             raise ValueError(f"--{name} must be a finite number >= 0, got {v}")
 
 
-def _check_before_data(args, weights) -> None:
-    """The settings, the run directory and the device, checked before any data is read."""
-    from . import checkpoint as ckpt
-    from . import distributed
-    from .train import _check_settings
+#: the figures ``train`` writes into --out (besides what fit writes)
+FIGURES = ("losses.png", "graph.png", "reconstructions.png")
 
-    _check_graph_args(args)
-    _check_settings(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, keep_last=3, al_every=100, lr=args.lr,
-                    warm_start_steps=0, checkpoint_every=args.checkpoint_every, num_workers=args.workers or 0,
-                    precision=args.precision, weights=weights)
+
+def _check_out(args) -> None:
+    """--out before any work: not a file, not a folder of other files (unless --force), not a run
+    holding checkpoints without --resume."""
+    from .checkpoint import checkpoints
+    from .rundir import FIT_WRITES, check_out_dir
+
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if not args.resume and ckpt.latest_checkpoint(out) is not None:
+    check_out_dir(out, force=args.force, writes=FIT_WRITES + FIGURES, flag="--force")
+    if not args.resume and checkpoints(out):
         raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it, or choose a new --out")
-    distributed.setup(args.device, distributed=False)  # only checks the device here
 
 
 def _workers(args, train) -> int:
+    """``--workers``, or by default: none for data in memory, ``min(4, cores - 1)`` (at least 1) for data
+    decoded from disk."""
     if args.workers is not None:
         return args.workers
     if getattr(train, "images", None) is not None:
@@ -280,30 +312,42 @@ def run_training(args, dataset_args) -> int:
     import pyro
     import torch
 
-    from . import distributed, plotting
+    from . import _limits, distributed, plotting
     from .metrics import edge_precision_recall, shd
     from .model import CausalVAE
-    from .train import fit
+    from .train import check_settings, fit
 
-    main_rank = distributed.env_rank() == 0
-    say = print if main_rank else (lambda *a, **k: None)
+    _check_graph_args(args)
     weights = _weights(args.weight)
-    _check_before_data(args, weights)
-    show = not args.no_progress and main_rank
-    data = training_data(dataset_args, show)
+    check_settings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights, seed=args.seed,
+                   keep_last=args.keep_last, checkpoint_every=args.checkpoint_every,
+                   checkpoint_interval=args.checkpoint_interval, peer_timeout=args.peer_timeout,
+                   precision=args.precision, num_workers=args.workers if args.workers is not None else 0)
+    main_rank = distributed.env_rank() == 0
+    if main_rank:
+        _check_out(args)
+    say = print if main_rank else (lambda *a, **k: None)
+    data = training_data(dataset_args, not args.no_progress and main_rank)
     train, test = data.train, data.test
     say(f"data: {train!r}")
     workers = _workers(args, train)
     if train.images is None:
         say(f"images are decoded on the fly by {workers} DataLoader worker(s)")
     pyro.set_rng_seed(args.seed)  # the initial weights too
-    model = CausalVAE(train.concepts, train.image_shape, concept_dim=args.concept_dim, graph=data.graph,
+    model_args = dict(style_dim=args.style_dim, graph=data.graph, edge_threshold=args.threshold, edge_relative=args.relative,
                       label_loc=train.label_loc, label_scale=train.label_scale)
+
+    def build():
+        return CausalVAE(train.concepts, train.image_shape, **model_args)
+
+    _limits.check_model_build(build, model_args, "the command line", factor=4)  # parameters, gradients, Adam moments
+    model = build()
     out = Path(args.out)
     history = fit(model, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights,
-                  device=args.device, seed=args.seed, out_dir=out, resume=args.resume, progress=show,
-                  checkpoint_every=args.checkpoint_every, precision=args.precision, num_workers=workers,
-                  extra_config={"data": data.record})
+                  device=args.device, seed=args.seed, out_dir=out, resume=args.resume, progress=not args.no_progress and main_rank,
+                  checkpoint_every=args.checkpoint_every, checkpoint_interval=args.checkpoint_interval,
+                  keep_last=args.keep_last, force=args.force, peer_timeout=args.peer_timeout,
+                  precision=args.precision, num_workers=workers, extra_config={"data": data.record})
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     if not main_rank:
@@ -312,12 +356,12 @@ def run_training(args, dataset_args) -> int:
     last = history.last()
     print(f"trained {last['epoch']} epochs: loss {last['loss']:.1f}, recon {last['recon']:.1f}, "
           f"h(A) {last['h']:.2e}, {last['images_per_s']:.0f} images/s")
-    if history.graph_search is not None:  # its time is on the phase line above
+    if history.graph_search is not None:  # its time is on the graph stage's line above
         print(f"causal order found in the labels: {' < '.join(history.graph_search['order'])} "
               "(then A learned under the augmented Lagrangian)")
     if history.pruned:
         print("pruned as redundant given the other parents:", ", ".join(f"{a}->{b}" for a, b in (r["edge"] for r in history.pruned)))
-    learned = model.graph(threshold=args.threshold, relative=args.relative)
+    learned = model.graph()
     print("learned graph:", ", ".join(f"{u}->{v}" for u, v in learned.edges()) or "(no edges)")
     if train.graph is not None:
         p, r = edge_precision_recall(learned, train.graph)
@@ -332,6 +376,28 @@ def run_training(args, dataset_args) -> int:
             plotting.plot_reconstructions(x, model.reconstruct(x), out / "reconstructions.png")]
     print("figures:", ", ".join(str(f) for f in figs))
     return 0
+
+
+#: errors whose message is written for the user (any other type is named in front of its message)
+_OURS = (ValueError, FileNotFoundError, FileExistsError, OSError)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line printed for ``err``: its message with line breaks folded; the exception's type in
+    front where the message is not one of ours (an error from inside a library), and an allocator
+    failure as what it is."""
+    from . import _limits
+    from .train import TrainingDiverged
+
+    oom = _limits.out_of_memory_message(err)
+    if oom is not None:
+        return oom
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    if isinstance(err, _OURS) or isinstance(err, TrainingDiverged) or type(err).__name__ == "PeerLost":
+        return text
+    return f"{type(err).__name__}: {text} (an unexpected error; --debug shows where)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,10 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - every error is one line (the traceback with --debug)
         if args.debug:
             raise
-        print(f"pyro-causalvae: error: {err}", file=sys.stderr)
+        print(f"pyro-causalvae: error: {error_line(err)}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2

@@ -26,6 +26,8 @@ __all__ = ["add_data_arguments", "add_run_data_overrides", "TrainingData", "trai
 
 #: Fully labelled rows the causal-order search needs (``discovery.order_search`` refuses fewer).
 MIN_COMPLETE_ROWS = 16
+#: the largest ``--size`` (image side in pixels)
+MAX_SIZE = 1024
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,12 +49,28 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                         "size (auto: stream above 1 GiB of decoded images)")
     p.add_argument("--subset", default="smile", help="CelebA concept subset: smile | beard")
     p.add_argument("--noise", type=float, default=0.0, help="synthetic datasets: observation noise on child concepts")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="--dataset folder: read image files outside the image folder (symbolic links leading out of "
+                        "it, absolute or ../ names in the CSV)")
 
 
 def add_run_data_overrides(p: argparse.ArgumentParser) -> None:
     """``--root`` / ``--labels`` of the commands that read a trained run's data (for moved data)."""
     p.add_argument("--root", help="the run's data folder, if it moved since training")
     p.add_argument("--labels", help="the run's labels CSV, if it moved since training")
+
+
+def _check_size(name: str, size) -> None:
+    """``--size`` within [16, MAX_SIZE], and the synthetic images it asks for within the memory budget."""
+    from . import _limits
+    from .datasets import flow, pendulum
+
+    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= MAX_SIZE:
+        raise ValueError(f"--size must be an integer in [16, {MAX_SIZE}] (image side in pixels), got {size!r}")
+    count = {"pendulum": pendulum.N_TRAIN + pendulum.N_TEST, "flow": flow.N_TRAIN + flow.N_TEST}.get(name)
+    if count is not None:
+        _limits.check_memory(count * 3 * size * size, f"--dataset {name} --size {size} ({count} images of "
+                             f"{size}x{size} RGB)")
 
 
 @dataclass
@@ -90,7 +108,9 @@ def _size(args) -> int | None:
         if getattr(args, "size", None) is not None:
             raise ValueError("--size does not apply to --dataset folder: the images are used at their own size")
         return None
-    return args.size if getattr(args, "size", None) is not None else (64 if args.dataset == "celeba" else 96)
+    size = args.size if getattr(args, "size", None) is not None else (64 if args.dataset == "celeba" else 96)
+    _check_size(args.dataset, size)
+    return size
 
 
 def training_data(args, show: bool = False) -> TrainingData:
@@ -167,13 +187,15 @@ def _folder_training_data(args, show: bool) -> TrainingData:
         raise ValueError(f"--graph learn finds the causal order from the training rows with every label, and needs at "
                          f"least {MIN_COMPLETE_ROWS}; {os.fspath(table.path)!r} has {complete}. Give the graph with --graph FILE")
     root = _folder_root(args.root, table)
-    full = ConceptImageDataset(root, table, graph=true, stream=True, progress=show, name=(root or table.path.parent).name)
+    follow = bool(getattr(args, "follow_symlinks", False))
+    full = ConceptImageDataset(root, table, graph=true, stream=True, progress=show, name=(root or table.path.parent).name,
+                               follow_symlinks=follow)
     stream = _stream_choice(args)
     train = _place(full.subset(split.train_rows), show, stream)
     test = _place(full.subset(split.test_rows), show, stream) if split.test_rows.numel() else None
     record = {"dataset": "folder", "root": None if root is None else os.fspath(root), "labels": os.fspath(table.path),
               "labels_sha256": table.sha256, "image_column": table.image_column, "concepts": list(table.concepts),
-              "stream": train.streamed, "split": split.record(),
+              "follow_symlinks": follow, "stream": train.streamed, "split": split.record(),
               "true_graph": None if true is None else [list(e) for e in true.edges()]}
     log.info("held out for evaluate: %s; training on %d images (%s)", split.describe(), len(train),
              "streamed from disk" if train.streamed else "in memory")
@@ -233,6 +255,7 @@ def run_dataset(cfg: dict, run_dir, overrides=None, *, purpose: str = "", show: 
     if name in ("pendulum", "flow"):
         cls = datasets.Pendulum if name == "pendulum" else datasets.Flow
         kw = dict(size=data.get("size") or 96, seed=data.get("data_seed", 0), noise=data.get("noise", 0.0))
+        _check_size(name, kw["size"])
         return _with_true_graph(cls(split="test", **kw), data), f"the {name} test split"
     if name == "celeba":
         root = Path(new_root).expanduser().resolve() if new_root else Path(data["root"])
@@ -284,7 +307,8 @@ def _folder_run_dataset(data: dict, run_dir, overrides, show: bool, decode: bool
                          "differs from the one recorded): the recorded held-out rows would not be the same images")
     if root is None and table.filenames is None:
         root = labels.parent
-    full = _with_true_graph(ConceptImageDataset(root, table, stream=True, progress=show), data)
+    full = _with_true_graph(ConceptImageDataset(root, table, stream=True, progress=show,
+                                                follow_symlinks=bool(data.get("follow_symlinks", False))), data)
     split = data.get("split")
     if isinstance(split, dict) and split.get("test_rows"):
         ds = full.subset(split["test_rows"])

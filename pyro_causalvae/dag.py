@@ -152,21 +152,26 @@ def order_mask(order: Sequence[int]) -> torch.Tensor:
     return (pos[:, None] < pos[None, :]).float()
 
 
+def edge_mask(A: torch.Tensor, threshold: float, relative: float = 0.0) -> torch.Tensor:
+    """``[n, n]`` 0/1 mask (``A``'s dtype and device) of the entries with ``|A[j, i]| > threshold`` and
+    ``|A[j, i]| > relative * max_k |A[k, i]|`` (relative to the strongest edge into the same concept), off
+    the diagonal. Computed on ``A``'s device, without gradient."""
+    W = A.detach().abs()
+    col_max = W.max(0).values
+    keep = (W > threshold) & (W > relative * col_max[None, :])
+    return (keep & ~torch.eye(W.shape[0], dtype=torch.bool, device=W.device)).to(A.dtype)
+
+
 def to_networkx(A: torch.Tensor, concepts: Sequence[str], threshold: float, relative: float = 0.0) -> nx.DiGraph:
-    """The graph of the edges with ``|A[j, i]| > threshold`` and ``|A[j, i]| > relative * max_k |A[k, i]|``.
+    """The graph of the edges of :func:`edge_mask` ``(A, threshold, relative)``.
 
     Weights are stored as edge attribute ``weight``.
     """
     g = nx.DiGraph()
     g.add_nodes_from(concepts)
     W = A.detach().cpu()
-    col_max = W.abs().max(0).values
-    n = len(concepts)
-    for j in range(n):
-        for i in range(n):
-            w = abs(float(W[j, i]))
-            if i != j and w > threshold and w > relative * float(col_max[i]):
-                g.add_edge(concepts[j], concepts[i], weight=float(W[j, i]))
+    for j, i in edge_mask(W, threshold, relative).nonzero().tolist():
+        g.add_edge(concepts[j], concepts[i], weight=float(W[j, i]))
     return g
 
 

@@ -1,128 +1,78 @@
-"""Causal order from concept labels, by independence of residuals (a RESIT score over all orders).
+"""The graph from the concept labels: causal order by independence of residuals, sparse parents, pruning.
 
-Why: when child concepts are deterministic functions of their parents (Pendulum, Flow), least-squares
-or Gaussian-likelihood scores do not identify the graph (the labels lie on a low-dimensional manifold,
-and explaining a root by a child always lowers the squared error), and the augmented Lagrangian only
-trades the resulting cycles off. What does identify the order is independence: in the true order, every
-concept's residual given its predecessors is independent of them (roots are mutually independent;
-deterministic children have residuals near 0). This module scores each order by
+Why independence: when child concepts are deterministic functions of their parents (Pendulum, Flow),
+least-squares or Gaussian-likelihood scores do not identify the graph (the labels lie on a
+low-dimensional manifold, and explaining a root by a child always lowers the squared error), and the
+augmented Lagrangian only trades the resulting cycles off. What does identify the order is
+independence: in the true order, every concept's residual given its parents is independent of all its
+predecessors (roots are mutually independent; deterministic children have residuals near 0). The score
+of an order is the RESIT criterion (Peters et al. 2014, JMLR 15) with sparse regressions,
 
-    score(order) = sum_k HSIC(r_k, u_pred(k)),   r_k = u_k - E[u_k | u_pred(k)]  (kernel ridge, out of sample)
+    score(order) = sum_k sum_{j before k} HSIC(r_k, u_j),   r_k = u_k - E[u_k | u_P(k)]  (out of sample)
 
-(the criterion of RESIT, Peters et al. 2014, JMLR 15) and returns the best one, found exactly by scoring
-every order from ``K * 2^(K-1)`` cached regressions, or greedily for many concepts. The residual's
-kernel uses the bandwidth of the variable itself, so an almost exactly fitted child scores about 0
-rather than being judged on the structure of tiny fit errors.
+where ``P(k)``, at most ``max_parents`` of the predecessors of ``k``, is chosen by forward selection
+(a predecessor joins while it explains at least ``min_gain`` of ``u_k``'s variance beyond those already
+in). Regressing on a few selected parents rather than on every predecessor is what keeps the fits
+accurate for many concepts (a kernel ridge fit on 15 inputs from a thousand rows is poor, and its
+residual then looks dependent in every order); the pairwise HSIC terms share one feature map per
+variable. Scores come from :class:`~pyro_causalvae.independence.KernelTable` (a fixed row sample whose
+size grows like ``sqrt(N)``, cached regressions).
 
-:func:`pyro_causalvae.train.fit` uses the order to initialise a learned graph: the causal order of the
-structural equations, and ``A``'s starting support; ``A`` is then learned under the augmented Lagrangian.
+Search (:func:`search_orders`): a beam search over orders built from the last concept backwards (the
+sink of the remaining set first, as RESIT), ``beam`` partial orders kept per step, at most
+``per_subset`` of them per set of remaining concepts (partial orders over the same set share their
+future). For up to 6 concepts the default beam keeps every set (the search is exact up to that merge).
 
-After training, :func:`redundant_edges` prunes the learned graph the way CAM does (Buehlmann, Peters and
-Ernest 2014, Ann. Statist. 42): a parent whose removal leaves the child as well predicted (out-of-sample
-kernel ridge regression on the labels, the child's other parents kept) is dropped. A deterministic
-child can be fitted by the SVI penalties through a redundant parent as well as through the real one
-(on Flow, ``ball_size -> water_flow`` next to ``water_height -> water_flow``); the labels say which
-parent carries information that the others do not.
+Near-ties (:func:`label_graph`): independence alone can leave several orders equally good. On Pendulum
+the shadow position is nearly additive in the two angles, so ``light_angle -> shadow_position`` also
+has a residual independent of its cause, and ``light < position < angle < length`` scores like the true
+order within the estimator's noise. Such orders need more edges (there 5 instead of 4): among the
+orders within ``tolerance`` of the best score, the one with the fewest edges after pruning wins.
+
+Pruning (:func:`redundant_edges`, as CAM: Buehlmann, Peters and Ernest 2014, Ann. Statist. 42): a parent
+whose removal leaves its child as well predicted (within ``min_gain`` of the child's variance, out of
+sample, the other parents kept) is dropped, greedily. ``fit`` also runs it after the last epoch on the
+graph SVI learned: a deterministic child can be fitted through a redundant parent as well as through the
+real one (on Flow, ``ball_size -> water_flow`` next to ``water_height -> water_flow``).
+
+:func:`choose_order_and_warm_start` is the graph stage of :func:`~pyro_causalvae.train.fit`:
+:func:`label_graph`, then :func:`warm_start_graph` (``A`` and the mechanisms fitted to the labels within
+the chosen order, ``A``'s support the chosen parents), each phase timed and logged.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
+
+from .independence import KernelTable, standardise
+
+#: default intra-op threads of the graph stage (see :func:`torch_threads`)
+GRAPH_THREADS = 1
 
 
-def _sqdist(X: torch.Tensor, Y: torch.Tensor | None = None) -> torch.Tensor:
-    Y = X if Y is None else Y
-    return ((X * X).sum(-1)[:, None] + (Y * Y).sum(-1)[None, :] - 2 * X @ Y.T).clamp_min(0)
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``torch.set_num_threads(n)``, restoring the previous setting after it.
 
-
-def median_bandwidth(X: torch.Tensor) -> float:
-    """Median pairwise distance of the rows of ``X`` (``[n, p]``); 1 if all rows are equal."""
-    d = _sqdist(X).sqrt()
-    d = d[d > 0]
-    return float(d.median()) if d.numel() else 1.0
-
-
-def gram(X: torch.Tensor, bandwidth: float, Y: torch.Tensor | None = None) -> torch.Tensor:
-    """Gaussian kernel matrix ``exp(-|x - y|^2 / (2 bw^2))``: ``[n, m]``."""
-    return torch.exp(-_sqdist(X, Y) / (2.0 * bandwidth * bandwidth))
-
-
-def hsic_unbiased(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Unbiased HSIC estimate (Song et al. 2012) from two ``[n, n]`` Gram matrices (``n >= 4``)."""
-    n = K.shape[0]
-    K = K - torch.diag(torch.diag(K))
-    L = L - torch.diag(torch.diag(L))
-    KL = K @ L
-    return (KL.diagonal().sum() + K.sum() * L.sum() / ((n - 1) * (n - 2)) - 2.0 * KL.sum() / (n - 2)) / (n * (n - 3))
-
-
-def krr_residuals(X_fit: torch.Tensor, y_fit: torch.Tensor, X_eval: torch.Tensor, y_eval: torch.Tensor,
-                  ridge: float = 1e-4) -> torch.Tensor:
-    """Out-of-sample residuals of Gaussian-kernel ridge regression of ``y`` on ``X`` (``[n]``)."""
-    bw = median_bandwidth(X_fit)
-    n = X_fit.shape[0]
-    K = gram(X_fit, bw)
-    mean = y_fit.mean()
-    alpha = torch.linalg.solve(K + ridge * n * torch.eye(n, dtype=K.dtype), y_fit - mean)
-    return y_eval - (gram(X_eval, bw, X_fit) @ alpha + mean)
-
-
-def _fit_eval_split(labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two disjoint random halves of the rows (at most ``n`` each, float64): regressions are fitted on the
-    first and evaluated on the second."""
-    g = torch.Generator().manual_seed(seed)
-    m = min(n, labels.shape[0] // 2)
-    U = labels[torch.randperm(labels.shape[0], generator=g)[: 2 * m]].double()
-    return U[:m], U[m:]
-
-
-class _Scorer:
-    """Cached ``HSIC(residual of u_c given u_P, u_P)`` terms on a fixed fit / evaluation split."""
-
-    def __init__(self, labels: torch.Tensor, n: int, seed: int, ridge: float):
-        self.fit, self.eval = _fit_eval_split(labels, n, seed)
-        self.ridge = ridge
-        self.bw = [median_bandwidth(self.eval[:500, c : c + 1]) for c in range(self.eval.shape[1])]
-        self.cache: dict[tuple[int, tuple[int, ...]], float] = {}
-
-    def term(self, c: int, preds: Sequence[int]) -> float:
-        key = (c, tuple(sorted(preds)))
-        if key not in self.cache:
-            if not preds:
-                self.cache[key] = 0.0
-            else:
-                P = list(key[1])
-                r = krr_residuals(self.fit[:, P], self.fit[:, c], self.eval[:, P], self.eval[:, c], self.ridge)
-                Kp = gram(self.eval[:, P], median_bandwidth(self.eval[:, P]))
-                self.cache[key] = float(hsic_unbiased(Kp, gram(r[:, None], self.bw[c])))
-        return self.cache[key]
-
-
-def order_scores(
-    labels: torch.Tensor,
-    required: Sequence[tuple[int, int]] = (),
-    n: int = 1000,
-    seed: int = 0,
-    ridge: float = 1e-4,
-) -> list[tuple[float, list[int]]]:
-    """Every causal order admitted by ``required`` with its score, best first (``K!`` orders from
-    ``K * 2^(K-1)`` cached regressions; for up to about 8 concepts)."""
-    labels = _clean(labels)
-    K = labels.shape[1]
-    sc = _Scorer(labels, n, seed, ridge)
-    out = []
-    for perm in itertools.permutations(range(K)):
-        pos = {c: k for k, c in enumerate(perm)}
-        if any(pos[j] > pos[i] for j, i in required):
-            continue
-        out.append((sum(sc.term(c, perm[:k]) for k, c in enumerate(perm)), list(perm)))
-    if not out:
-        raise ValueError("the required edges admit no causal order (they form a cycle)")
-    return sorted(out)
+    The graph stage is many small linear-algebra calls; with more intra-op threads than free cores (a
+    shared machine) OpenMP's barriers stall them (measured: a warm start with 2 threads on a busy
+    2-core machine still running after 30 minutes). It therefore runs with :data:`GRAPH_THREADS` = 1
+    unless told otherwise.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _clean(labels: torch.Tensor) -> torch.Tensor:
@@ -131,27 +81,74 @@ def _clean(labels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"labels must have shape [N, K], got {list(labels.shape)}")
     labels = labels[~torch.isnan(labels).any(1)]
     if labels.shape[0] < 16:
-        raise ValueError(f"order_search needs at least 16 fully labelled rows, got {labels.shape[0]}")
+        raise ValueError(f"the graph search needs at least 16 fully labelled rows, got {labels.shape[0]}")
+    if not torch.isfinite(labels).all():
+        raise ValueError("labels contain inf values")
     return labels
 
 
-def _mse_table(labels: torch.Tensor, n: int, seed: int, ridge: float):
-    """Out-of-sample mean squared error of each concept given a parent set (cached), on a fit/eval split."""
-    fit_, eval_ = _fit_eval_split(_clean(labels), n, seed)
-    cache: dict[tuple[int, tuple[int, ...]], float] = {}
+def _table(labels: torch.Tensor, rows: int | None, seed: int) -> KernelTable:
+    return KernelTable(standardise(_clean(labels)), rows=rows, seed=seed)
 
-    def mse(c: int, parents) -> float:
-        key = (c, tuple(sorted(parents)))
-        if key not in cache:
-            if not parents:
-                r = eval_[:, c] - fit_[:, c].mean()
-            else:
-                P = list(key[1])
-                r = krr_residuals(fit_[:, P], fit_[:, c], eval_[:, P], eval_[:, c], ridge)
-            cache[key] = float((r * r).mean())
-        return cache[key]
 
-    return mse
+def _check_pairs(pairs, K: int, what: str) -> list[tuple[int, int]]:
+    out = []
+    for e in pairs:
+        j, i = (int(v) for v in e)
+        if not (0 <= j < K and 0 <= i < K) or j == i:
+            raise ValueError(f"{what} edge {tuple(e)} is not a pair of distinct concept indices in 0..{K - 1}")
+        out.append((j, i))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- parents
+
+
+def select_parents(table: KernelTable, c: int, candidates: Sequence[int], required: Sequence[int] = (),
+                   max_parents: int = 4, min_gain: float = 0.01) -> tuple[tuple[int, ...], float, torch.Tensor]:
+    """Forward selection of the parents of ``c`` among ``candidates``.
+
+    Starts from the ``required`` parents; then repeatedly adds the candidate that lowers the
+    out-of-sample squared error most, while it lowers it by at least ``min_gain`` times ``var(u_c)``
+    and fewer than ``max_parents`` are in (required parents do not count against the limit).
+
+    :returns: ``(parents, mse, hsic)``: sorted parent indices, the residual's mean squared error and
+        its ``[K]`` HSIC row (:meth:`~pyro_causalvae.independence.KernelTable.regress`).
+    """
+    P = sorted(set(required))
+    mse, h = table.regress(c, P)
+    var = max(float(table.var[c]), 1e-12)
+    free = [j for j in candidates if j not in P and j != c]
+    added = 0
+    while free and added < max_parents:
+        trial = {j: table.regress(c, P + [j]) for j in free}
+        j = min(trial, key=lambda k: trial[k][0])
+        if (mse - trial[j][0]) / var < min_gain:
+            break
+        P = sorted(P + [j])
+        mse, h = trial[j]
+        free.remove(j)
+        added += 1
+    return tuple(P), mse, h
+
+
+def _prune_child(table: KernelTable, c: int, parents: Sequence[int], keep: set, min_gain: float) -> list[dict]:
+    """Backward elimination of ``c``'s parents (see :func:`redundant_edges`): the removed ones, in order."""
+    parents = list(parents)
+    var = max(float(table.var[c]), 1e-12)
+    removed = []
+    while parents:
+        base = table.regress(c, parents)[0]
+        cost = {p: (table.regress(c, [q for q in parents if q != p])[0] - base) / var
+                for p in parents if (p, c) not in keep}
+        if not cost:
+            break
+        p = min(cost, key=cost.get)
+        if cost[p] >= min_gain:
+            break
+        removed.append({"edge": (p, c), "gain": cost[p]})
+        parents.remove(p)
+    return removed
 
 
 def redundant_edges(
@@ -159,9 +156,9 @@ def redundant_edges(
     edges: Sequence[tuple[int, int]],
     min_gain: float = 0.01,
     keep: Sequence[tuple[int, int]] = (),
-    n: int = 1000,
+    rows: int | None = None,
     seed: int = 0,
-    ridge: float = 1e-4,
+    table: KernelTable | None = None,
 ) -> list[dict]:
     """Edges of a graph whose parent adds (almost) nothing to the prediction of its child.
 
@@ -173,68 +170,188 @@ def redundant_edges(
     :param edges: ``[(parent, child), ...]`` concept indices.
     :param min_gain: the share of the child's variance a parent must explain beyond the others.
     :param keep: edges never removed (required edges).
+    :param rows: rows per half of the fit / evaluation split (default:
+        :func:`~pyro_causalvae.independence.sample_rows`).
+    :param table: reuse the regressions of a search (then ``labels``, ``rows`` and ``seed`` are unused).
     :returns: ``[{"edge": (parent, child), "gain": float}, ...]`` in removal order.
     """
-    mse = _mse_table(labels, n, seed, ridge)
-    keep = {tuple(e) for e in keep}
+    table = table if table is not None else _table(labels, rows, seed)
+    edges = _check_pairs(edges, table.K, "an")
+    keep_set = set(_check_pairs(keep, table.K, "a kept"))
     removed = []
     for child in sorted({i for _, i in edges}):
-        parents = [j for j, i in edges if i == child]
-        var = mse(child, [])
-        while parents:
-            base = mse(child, parents)
-            cost = {p: (mse(child, [q for q in parents if q != p]) - base) / max(var, 1e-12)
-                    for p in parents if (p, child) not in keep}
-            if not cost:
-                break
-            p = min(cost, key=cost.get)
-            if cost[p] >= min_gain:
-                break
-            removed.append({"edge": (p, child), "gain": cost[p]})
-            parents.remove(p)
+        removed += _prune_child(table, child, sorted({j for j, i in edges if i == child}), keep_set, min_gain)
     return removed
 
 
-def order_search(
+# ----------------------------------------------------------------------------------------- orders
+
+
+@dataclass
+class OrderCandidate:
+    """One causal order found by :func:`search_orders`.
+
+    :ivar order: concept indices, causes first.
+    :ivar score: sum over concepts of the HSIC of its residual with each of its predecessors.
+    :ivar parents: for each concept (by index), its selected parents (a sorted tuple).
+    :ivar pruned: edges :func:`redundant_edges` removed from ``parents`` (filled by :func:`label_graph`).
+    """
+
+    order: list[int]
+    score: float
+    parents: list[tuple[int, ...]]
+    pruned: list[dict] = field(default_factory=list)
+
+    def edges(self) -> list[tuple[int, int]]:
+        """``(parent, child)`` pairs of the selected parents, minus the pruned ones."""
+        gone = {tuple(r["edge"]) for r in self.pruned}
+        return [(j, i) for i, ps in enumerate(self.parents) for j in ps if (j, i) not in gone]
+
+
+def search_orders(
     labels: torch.Tensor,
     required: Sequence[tuple[int, int]] = (),
-    n: int = 1000,
+    forbidden: Sequence[tuple[int, int]] = (),
+    beam: int = 24,
+    per_subset: int = 2,
+    max_parents: int = 4,
+    min_gain: float = 0.01,
+    rows: int | None = None,
     seed: int = 0,
-    ridge: float = 1e-4,
-    exact_max: int = 8,
-) -> tuple[list[int], float]:
-    """The causal order of the concepts that makes residuals most independent of their predecessors.
+    table: KernelTable | None = None,
+    progress: bool = False,
+) -> list[OrderCandidate]:
+    """Causal orders of the concepts by independence of sparse-regression residuals (beam search).
 
-    :param labels: normalised labels ``[N, K]`` (finite; rows with NaN are dropped).
-    :param required: ``(j, i)`` index pairs that must have ``j`` before ``i`` (required edges).
-    :param n: rows used to fit the regressions, and as many to evaluate them.
+    :param labels: labels ``[N, K]`` (rows with NaN are dropped; at least 16 complete rows).
+    :param required: ``(j, i)`` index pairs that must be edges (``j`` before ``i``, ``j`` a parent of ``i``).
+    :param forbidden: ``(j, i)`` index pairs that must not be edges.
+    :param beam: partial orders kept after each step.
+    :param per_subset: at most this many of them over the same set of remaining concepts.
+    :param max_parents: at most this many parents selected per concept (besides required ones).
+    :param min_gain: share of a concept's variance a parent must explain to be selected.
+    :param rows: rows per half of the fit / evaluation split (default: grows like ``sqrt(N)``,
+        :func:`~pyro_causalvae.independence.sample_rows`).
     :param seed: seed of the row sample.
-    :param exact_max: up to this many concepts the best order is found exactly (every order scored by
-        :func:`order_scores`); beyond, greedily from the last concept backwards (RESIT's sink search).
+    :param table: reuse a :class:`~pyro_causalvae.independence.KernelTable` (its data and split).
+    :param progress: show a tqdm bar over the steps of the search.
+    :returns: the complete orders of the final beam, best score first (at most ``beam``).
+    :raises ValueError: for labels that are not ``[N, K]`` with 16 complete rows, bad settings, or
+        required edges that form a cycle.
+    """
+    for name, v, lo in (("beam", beam, 1), ("per_subset", per_subset, 1), ("max_parents", max_parents, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if not (isinstance(min_gain, (int, float)) and 0 <= min_gain < 1):
+        raise ValueError(f"min_gain must be a number in [0, 1), got {min_gain!r}")
+    table = table if table is not None else _table(labels, rows, seed)
+    K = table.K
+    req = _check_pairs(required, K, "a required")
+    forb = set(_check_pairs(forbidden, K, "a forbidden"))
+    req_parents = {i: {j for j, ii in req if ii == i} for i in range(K)}
+    req_children = {j: {i for jj, i in req if jj == j} for j in range(K)}
+    memo: dict[tuple[int, frozenset], tuple[tuple[int, ...], float]] = {}
+
+    def term(c: int, before: frozenset) -> tuple[tuple[int, ...], float]:
+        key = (c, before)
+        if key not in memo:
+            cands = [j for j in sorted(before) if (j, c) not in forb]
+            P, _, h = select_parents(table, c, cands, req_parents[c], max_parents, min_gain)
+            memo[key] = (P, float(h[sorted(before)].sum()) if before else 0.0)
+        return memo[key]
+
+    # a state: (score, sinks so far (last concept first), remaining concepts, parents of the sinks)
+    states: list[tuple[float, tuple[int, ...], frozenset, dict]] = [(0.0, (), frozenset(range(K)), {})]
+    with tqdm(total=K, desc="order search", unit="step", disable=not progress, dynamic_ncols=True, leave=False) as bar:
+        for _ in range(K):
+            grown = []
+            for score, sinks, remaining, parents in states:
+                for c in sorted(remaining):
+                    if req_children[c] & (remaining - {c}):
+                        continue  # a required child of c is still to be placed after it
+                    before = remaining - {c}
+                    P, t = term(c, before)
+                    grown.append((score + t, sinks + (c,), before, {**parents, c: P}))
+            if not grown:
+                raise ValueError("the required edges admit no causal order (they form a cycle)")
+            grown.sort(key=lambda s: (s[0], s[1]))
+            states, per = [], {}
+            for s in grown:  # the complete orders (nothing remaining) are all kept, up to the beam
+                if (not s[2] or per.get(s[2], 0) < per_subset) and len(states) < beam:
+                    states.append(s)
+                    per[s[2]] = per.get(s[2], 0) + 1
+            bar.update(1)
+            bar.set_postfix(regressions=table.regressions)
+    return [OrderCandidate(order=list(sinks[::-1]), score=score, parents=[parents[i] for i in range(K)])
+            for score, sinks, _, parents in states]
+
+
+def order_search(labels: torch.Tensor, required: Sequence[tuple[int, int]] = (), seed: int = 0,
+                 rows: int | None = None, **kw) -> tuple[list[int], float]:
+    """The best-scoring causal order (:func:`search_orders`' first candidate, no tie-break).
+
     :returns: ``(order, score)``: concept indices causes first, and the order's score.
     """
-    labels = _clean(labels)
-    K = labels.shape[1]
-    if K <= exact_max:
-        score, order = order_scores(labels, required=required, n=n, seed=seed, ridge=ridge)[0]
-        return order, score
-    sc = _Scorer(labels, n, seed, ridge)
-    parents_required = {i: {j for j, ii in required if ii == i} for i in range(K)}
-    # Greedy, as RESIT: repeatedly take as the last concept the one whose residual given all the
-    # remaining others is the most independent of them.
-    remaining = list(range(K))
-    reverse: list[int] = []
-    score = 0.0
-    while remaining:
-        options = [c for c in remaining if not any(c in parents_required[o] for o in remaining if o != c)]
-        if not options:
-            raise ValueError("the required edges admit no causal order (they form a cycle)")
-        terms = {c: sc.term(c, [o for o in remaining if o != c]) for c in options}
-        c = min(terms, key=terms.get)
-        reverse.append(c)
-        remaining.remove(c)
-        score += terms[c]
-    return reverse[::-1], score
+    best = search_orders(labels, required=required, seed=seed, rows=rows, **kw)[0]
+    return best.order, best.score
+
+
+@dataclass
+class LabelGraph:
+    """What :func:`label_graph` decided: the chosen candidate, the near-tied ones, the timing.
+
+    :ivar order: concept indices, causes first.
+    :ivar score: the order's score.
+    :ivar edges: ``(parent, child)`` index pairs after pruning.
+    :ivar candidates: the orders within the tolerance of the best score (each with its edges).
+    :ivar rows: rows per half of the fit / evaluation split.
+    :ivar regressions: kernel regressions computed.
+    :ivar seconds: time of the search and the pruning.
+    """
+
+    order: list[int]
+    score: float
+    edges: list[tuple[int, int]]
+    candidates: list[OrderCandidate]
+    rows: int
+    regressions: int
+    seconds: float
+
+
+def label_graph(
+    labels: torch.Tensor,
+    required: Sequence[tuple[int, int]] = (),
+    forbidden: Sequence[tuple[int, int]] = (),
+    tolerance: float = 0.15,
+    max_candidates: int = 8,
+    min_gain: float = 0.01,
+    rows: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    **search_kw,
+) -> LabelGraph:
+    """The graph of the labels: :func:`search_orders`, each near-tied order's parents pruned
+    (:func:`redundant_edges`), and the order with the fewest edges among the near-ties.
+
+    :param tolerance: orders whose score is within ``tolerance / rows`` of the best are near-ties (the
+        estimator's noise falls like ``1 / rows``); at most ``max_candidates`` of them are compared.
+    :param search_kw: passed to :func:`search_orders` (``beam``, ``per_subset``, ``max_parents``).
+    :returns: a :class:`LabelGraph`.
+    """
+    t0 = time.perf_counter()
+    table = _table(labels, rows, seed)
+    ranked = search_orders(labels, required, forbidden, min_gain=min_gain, table=table, progress=progress, **search_kw)
+    best = ranked[0].score
+    near = [c for c in ranked if c.score <= best + tolerance / table.n][:max_candidates]
+    for cand in near:
+        cand.pruned = redundant_edges(None, [(j, i) for i, ps in enumerate(cand.parents) for j in ps],
+                                      min_gain=min_gain, keep=required, table=table)
+    chosen = min(near, key=lambda c: (len(c.edges()), c.score))
+    return LabelGraph(order=chosen.order, score=chosen.score, edges=chosen.edges(), candidates=near, rows=table.n,
+                      regressions=table.regressions, seconds=time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------- warm start
 
 
 def warm_start_graph(
@@ -247,19 +364,24 @@ def warm_start_graph(
     sparsity: float = 0.002,
     path: float = 0.02,
     seed: int = 0,
+    parents: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> None:
     """Fit ``A`` and the mechanisms ``g_i`` to the labels within a causal order, before SVI.
 
-    Entries of ``A`` against ``order`` are held at 0 (the graph is a DAG by construction during the warm
-    start); the loss is the label loss ``sum_i ||u_i - g_i(A[:, i] o u)||^2`` plus ``sparsity * |A|_1``
-    and ``path * sum(|A| @ |A|)`` (a penalty on two-step paths: among parent sets that predict a
-    deterministic child equally well, it prefers the one with the fewest ancestral relations).
-    Afterwards :func:`~pyro_causalvae.train.fit` trains ``A`` over its whole support under the augmented
-    Lagrangian, with entries against the order penalised (``LossWeights.order_prior``).
+    Entries of ``A`` against ``order`` (and, when ``parents`` is given, outside it) are held at 0 (the
+    graph is a DAG by construction during the warm start); the loss is the label loss
+    ``sum_i ||u_i - g_i(A[:, i] o u)||^2`` plus ``sparsity * |A|_1`` and ``path * sum(|A| @ |A|)`` (a
+    penalty on two-step paths: among parent sets that predict a deterministic child equally well, it
+    prefers the one with the fewest ancestral relations). Afterwards :func:`~pyro_causalvae.train.fit`
+    trains ``A`` over its whole support under the augmented Lagrangian, with entries against the order
+    penalised (``LossWeights.order_prior``).
 
     :param model: a :class:`~pyro_causalvae.model.CausalVAE` with a learned graph.
     :param labels: normalised labels ``[N, K]`` on the model's device (NaN rows are skipped).
-    :param order: concept indices, causes first (from :func:`order_search`).
+    :param order: concept indices, causes first (from :func:`label_graph`).
+    :param parents: optional ``[K, K]`` 0/1 mask, ``parents[j, i] = 1``: ``j`` may be a parent of ``i``.
+    :param progress: show a tqdm bar over the steps.
     """
     model.init_from_order(order)
     labels = labels[~torch.isnan(labels).any(1)]
@@ -267,15 +389,18 @@ def warm_start_graph(
     if N == 0:
         return
     keep = model.support * model.order_mask  # [K, K] entries allowed during the warm start
-    d = model.concept_dim
+    if parents is not None:
+        keep = keep * parents.to(keep)
+        with torch.no_grad():
+            model.A_raw.mul_(keep)
     params = list(model.mechanisms.parameters()) + [model.A_raw]
     optim = torch.optim.Adam(params, lr=lr)
     g = torch.Generator(device="cpu").manual_seed(seed)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="warm start", unit="step", disable=not progress, dynamic_ncols=True, leave=False):
         idx = torch.randint(0, N, (min(batch_size, N),), generator=g).to(labels.device)
-        ub = labels[idx][..., None].expand(-1, -1, d)
+        ub = labels[idx]  # [B, K]
         A = model.A_raw * keep
-        resid = ((ub - model.mechanisms(ub, A)) ** 2).sum((-1, -2)).mean() / d
+        resid = ((ub - model.mechanisms(ub, A)) ** 2).sum(-1).mean()
         Aa = A.abs()
         loss = resid + sparsity * Aa.sum() + path * (Aa @ Aa).sum()
         optim.zero_grad(set_to_none=True)
@@ -289,38 +414,44 @@ def choose_order_and_warm_start(
     model,
     labels: torch.Tensor,
     required: Sequence[tuple[int, int]] = (),
-    tolerance: float = 1.5e-4,
-    max_candidates: int = 6,
     seed: int = 0,
     steps: int = 2000,
+    threads: int = GRAPH_THREADS,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    **graph_kw,
 ) -> tuple[list[int], float, list[dict]]:
-    """The graph stage of :func:`~pyro_causalvae.train.fit`: search the order, break near-ties by sparsity.
+    """The graph stage of :func:`~pyro_causalvae.train.fit`: :func:`label_graph` on the labels, then
+    :func:`warm_start_graph` within the chosen order, ``A``'s support the chosen parents.
 
-    Independence alone can leave several orders equally good: on Pendulum the shadow position is nearly
-    additive in the two angles, so ``light_angle -> shadow_position`` also has a residual independent of
-    its cause, and the order ``light, position, angle, length`` scores like the true one (within the
-    estimator's noise, about 1e-4). Such orders need more edges (here 5 instead of 4). So every order
-    within ``tolerance`` of the best score (at most ``max_candidates``) is warm-started
-    (:func:`warm_start_graph`) and the one whose graph (``model.graph()``) has the fewest edges wins,
-    then the lower score. For more than 8 concepts, only the greedy order is used.
+    Runs with ``threads`` intra-op threads (:func:`torch_threads`). Each phase reports one line with its
+    time through ``log`` (e.g. ``print``), with or without the progress bars.
 
-    :returns: ``(order, score, candidates)``; the model is left warm-started on the chosen order.
+    :param model: a :class:`~pyro_causalvae.model.CausalVAE` with a learned graph.
+    :param labels: normalised labels ``[N, K]`` on the model's device.
+    :param required: required edges as ``(parent, child)`` indices (``model.spec.forbidden`` is read
+        from the model).
+    :param graph_kw: passed to :func:`label_graph` (``tolerance``, ``beam``, ``max_parents``, ``rows``, ...).
+    :returns: ``(order, score, candidates)``: the candidates as dicts ``{"order", "score", "edges",
+        "pruned"}``; the model is left warm-started on the chosen order.
     """
-    K = len(model.concepts)
-    if K > 8:
-        order, score = order_search(labels.cpu(), required=required, seed=seed)
-        warm_start_graph(model, labels, order, steps=steps, seed=seed)
-        return order, score, [{"order": order, "score": score}]
-    ranked = order_scores(labels.cpu(), required=required, seed=seed)
-    best = ranked[0][0]
-    candidates = [(s, o) for s, o in ranked if s <= best + tolerance][:max_candidates]
-    initial = copy.deepcopy(model.state_dict())
-    results = []
-    for score, order in candidates:
-        model.load_state_dict(initial)
-        warm_start_graph(model, labels, order, steps=steps, seed=seed)
-        results.append({"order": order, "score": score, "edges": model.graph().number_of_edges(),
-                        "state": copy.deepcopy(model.state_dict())})
-    chosen = min(results, key=lambda r: (r["edges"], r["score"]))
-    model.load_state_dict(chosen["state"])
-    return chosen["order"], chosen["score"], [{k: v for k, v in r.items() if k != "state"} for r in results]
+    say = log if log is not None else (lambda s: None)
+    idx = {c: k for k, c in enumerate(model.concepts)}
+    forbidden = [(idx[a], idx[b]) for a, b in model.spec.forbidden]
+    with torch_threads(threads):
+        found = label_graph(labels.detach().cpu(), required=required, forbidden=forbidden, seed=seed,
+                            progress=progress, **graph_kw)
+        K = len(model.concepts)
+        say(f"graph stage: order search {found.seconds:.1f} s ({K} concepts, {found.rows} + {found.rows} label rows, "
+            f"{found.regressions} regressions, {len(found.candidates)} near-tied order(s), {len(found.edges)} edges; "
+            f"torch intra-op threads {threads})")
+        t0 = time.perf_counter()
+        mask = torch.zeros(K, K)
+        for j, i in list(found.edges) + [tuple(e) for e in required]:
+            mask[j, i] = 1.0
+        warm_start_graph(model, labels, found.order, steps=steps, seed=seed, parents=mask, progress=progress)
+        say(f"graph stage: warm start {time.perf_counter() - t0:.1f} s ({steps} steps, "
+            f"{model.graph().number_of_edges()} edges)")
+    cands = [{"order": c.order, "score": c.score, "edges": len(c.edges()),
+              "pruned": [list(r["edge"]) for r in c.pruned]} for c in found.candidates]
+    return found.order, found.score, cands

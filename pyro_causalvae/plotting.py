@@ -74,7 +74,7 @@ def _layered_layout(graph: nx.DiGraph, nodes: list) -> dict:
 
 def plot_losses(history, path: str | Path) -> Path:
     """One panel per loss term of a :class:`~pyro_causalvae.train.History` (per-epoch means)."""
-    keys = ["loss", "recon", "kl", "labels", "label_loss", "mask_loss", "h", "sparsity"]
+    keys = ["loss", "recon", "kl", "labels", "encoder", "h", "sparsity", "path"]
     keys = [k for k in keys if history.rows and k in history.rows[0]]
     cols = 4
     rows = math.ceil(len(keys) / cols)

@@ -3,10 +3,11 @@
 Both queries are a few lines of plain Pyro that a user can read and rewrite:
 
 - :func:`intervene`: ``poutine.do`` on the concept sites, then sample the model forward.
-- :func:`counterfactual`: abduction (trace the guide on the factual images), action (``poutine.do``),
-  prediction (``poutine.replay`` the guide trace through the intervened model: each concept's exogenous
-  noise is held, every descendant of an intervened concept is recomputed, everything else keeps its
-  abducted value exactly).
+- :func:`counterfactual`: abduction (trace the guide on the factual images, replay the model through
+  ``poutine.reparam`` with ``TransformReparam`` to read each concept's exogenous noise
+  ``"<concept>_base"``), action (``poutine.do``), prediction (``poutine.condition`` the intervened,
+  reparametrised model on that noise and the style: every descendant of an intervened concept is
+  recomputed, everything else keeps its abducted value exactly).
 
 Values are given in the dataset's natural label units by default (``units="normalised"`` for the
 model's own units, about [-1, 1]).
@@ -19,12 +20,14 @@ from collections.abc import Mapping
 
 import pyro
 import pyro.poutine as poutine
+import networkx as nx
+import torch
+from pyro.infer.reparam import TransformReparam
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
-import torch
 
 from ._validation import check_do, check_finite
-from .model import CausalVAE
+from .model import STYLE, CausalVAE
 
 
 def _positive_int(v, name: str) -> int:
@@ -97,9 +100,9 @@ def _check_outputs(model: CausalVAE, out: dict[str, torch.Tensor], what: str) ->
     return out
 
 
-def _concepts(trace) -> torch.Tensor:
-    """The concept values the model used, ``[..., K]`` (block means), from a trace's return value."""
-    return trace.nodes["_RETURN"]["value"].mean(-1)
+def concept_reparam(model: CausalVAE) -> dict:
+    """``poutine.reparam`` config exposing each concept's exogenous noise as ``"<concept>_base"``."""
+    return {c: TransformReparam() for c in model.concepts}
 
 
 class PosteriorMeanMessenger(Messenger):
@@ -111,14 +114,45 @@ class PosteriorMeanMessenger(Messenger):
 
 
 def posterior_mean(fn):
-    """Handler: ``poutine.trace(posterior_mean(model.guide)).get_trace(x)`` abducts each concept's
-    noise at the guide's posterior mean (deterministic counterfactuals)."""
+    """Handler: ``poutine.trace(posterior_mean(model.guide)).get_trace(x)`` abducts each concept and the
+    style at the guide's posterior mean (deterministic counterfactuals)."""
     return PosteriorMeanMessenger()(fn)
+
+
+def abduct(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None = None, mean: bool = True) -> dict[str, torch.Tensor]:
+    """Abduction: the exogenous values of images ``x`` (and their labels ``u``), as Pyro handlers::
+
+        guide_trace = poutine.trace(posterior_mean(model.guide)).get_trace(x, u)      # q(c, style | x)
+        factual = poutine.reparam(poutine.replay(model.model, trace=guide_trace), config)   # eps = f^-1(c)
+
+    :param x: images ``[N, C, H, W]`` (already checked, on the model's device).
+    :param u: normalised labels ``[N, K]`` or ``None``: labelled concepts keep their label.
+    :param mean: the guide's posterior mean (default) or one sample.
+    :returns: ``{"<concept>_base": [N], "style": [N, S]}`` (the noise and the style: what a
+        counterfactual holds), plus ``"_factual"``: the factual trace.
+    """
+    guide = posterior_mean(model.guide) if mean else model.guide
+    guide_tr = poutine.trace(guide).get_trace(x, u)
+    factual = poutine.trace(
+        poutine.reparam(poutine.replay(model.model, trace=guide_tr), config=concept_reparam(model))
+    ).get_trace(None, u, x.shape[0])
+    out = {f"{c}_base": factual.nodes[f"{c}_base"]["value"] for c in model.concepts}
+    if model.style_dim:
+        out[STYLE] = factual.nodes[STYLE]["value"]
+    out["_factual"] = factual
+    return out
+
+
+def _concepts(trace) -> torch.Tensor:
+    """The concept values the model used, ``[..., K]``, from a trace's return value."""
+    return trace.nodes["_RETURN"]["value"]
 
 
 @torch.no_grad()
 def intervene(model: CausalVAE, do: Mapping[str, object], num_samples: int = 16, units: str = "natural") -> dict[str, torch.Tensor]:
-    """Sample images from the interventional distribution ``p(x | do(c = v))``.
+    """Sample images from the interventional distribution ``p(x | do(c = v))``::
+
+        tr = poutine.trace(poutine.do(model.model, data=do)).get_trace(None, None, num_samples)
 
     :param do: ``{concept: value}``; a value is a number or a tensor ``[num_samples]``. Several
         concepts at once are allowed.
@@ -135,7 +169,7 @@ def intervene(model: CausalVAE, do: Mapping[str, object], num_samples: int = 16,
     with pyro.validation_enabled(False):
         tr = poutine.trace(poutine.do(model.model, data=do_norm)).get_trace(None, None, num_samples)
     z = _concepts(tr)
-    out = {"images": tr.nodes["x"]["fn"].mean, "concepts": model.denormalise(z) if units == "natural" else z}
+    out = {"images": tr.nodes["x"]["value"], "concepts": model.denormalise(z) if units == "natural" else z}
     return _check_outputs(model, out, "intervene")
 
 
@@ -151,24 +185,31 @@ def counterfactual(
 ) -> dict[str, torch.Tensor]:
     """Counterfactual images: what each image ``x`` would have looked like under ``do``.
 
-    Abduction-action-prediction with Pyro handlers::
+    Abduction-action-prediction with Pyro handlers (:func:`abduct` gives the noise ``eps``)::
 
-        guide_trace = poutine.trace(model.guide).get_trace(x)                  # abduction
-        intervened = poutine.do(model.model, data=do)                          # action
-        cf = poutine.trace(poutine.replay(intervened, trace=guide_trace)).get_trace(x)   # prediction
+        noise = abduct(model, x, u)                                               # abduction
+        intervened = poutine.do(model.model, data=do)                             # action
+        cf = poutine.trace(poutine.condition(                                     # prediction
+            poutine.reparam(intervened, config=concept_reparam(model)), data=noise)).get_trace(None, None, N)
 
-    ``abduction="mean"`` (default) abducts the noise at the guide's posterior mean (deterministic);
-    ``abduction="sample"`` draws ``num_samples`` noise samples per image from the guide.
+    (:func:`prediction` also holds the non-descendants of the intervened concepts at their factual values,
+    so that they are bit-identical rather than equal to float rounding.)
+
+    Every concept keeps its exogenous noise ``eps_i`` (``"<concept>_base"``) and the image its style;
+    descendants of an intervened concept are recomputed through their mechanisms, everything else keeps
+    its factual value exactly. ``abduction="mean"`` (default) abducts at the guide's posterior mean
+    (deterministic); ``abduction="sample"`` draws ``num_samples`` samples per image from the guide.
 
     :param x: factual images ``[N, C, H, W]`` in [0, 1] (or uint8).
     :param do: ``{concept: value}``; a value is a number or a tensor ``[N]`` (one per image).
-    :param u: unused by the guide (kept for the common signature).
+    :param u: the images' labels ``[N, K]`` in ``units`` (NaN: unknown), or ``None``: labelled concepts
+        are abducted at their label instead of the encoder's reading.
     :param num_samples: abduction samples per image.
     :returns: ``{"images": [S, N, C, H, W], "concepts": [S, N, K], "factual_images": [S, N, C, H, W],
-        "factual_concepts": [S, N, K]}``; concepts in ``units``.
+        "factual_concepts": [S, N, K]}``; concepts in ``units``; images are decoder means.
     :raises ValueError: for images of the wrong shape or dtype, NaN or out-of-range pixels, a bad ``do``
-        (as in :func:`intervene`), bad ``num_samples`` / ``units`` / ``abduction``, or an output that would
-        not be finite.
+        (as in :func:`intervene`), bad labels, bad ``num_samples`` / ``units`` / ``abduction``, or an output
+        that would not be finite.
     """
     x = check_images(model, x)
     num_samples = _positive_int(num_samples, "num_samples")
@@ -178,13 +219,14 @@ def counterfactual(
         raise ValueError("num_samples > 1 needs abduction='sample' (the posterior mean is one value per image)")
     N = x.shape[0]
     do_norm = _do_values(model, do, units, N)
+    u = _check_labels(model, u, N, units)
     do_rep = {c: (v.repeat(num_samples) if v.dim() == 1 else v) for c, v in do_norm.items()}
     xs = x.repeat(num_samples, *([1] * (x.dim() - 1)))
+    us = None if u is None else u.repeat(num_samples, 1)
     with pyro.validation_enabled(False):
-        guide = posterior_mean(model.guide) if abduction == "mean" else model.guide
-        guide_tr = poutine.trace(guide).get_trace(xs)
-        factual = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(xs)
-        cf = poutine.trace(poutine.replay(poutine.do(model.model, data=do_rep), trace=guide_tr)).get_trace(xs)
+        noise = abduct(model, xs, us, mean=abduction == "mean")
+        factual = noise.pop("_factual")
+        cf = poutine.trace(prediction(model, do_rep, noise, factual)).get_trace(None, None, xs.shape[0])
 
     def shaped(t):
         return t.reshape(num_samples, N, *t.shape[1:])
@@ -192,9 +234,43 @@ def counterfactual(
     out = {}
     for key, tr in (("", cf), ("factual_", factual)):
         z = _concepts(tr)
-        out[key + "images"] = shaped(tr.nodes["x"]["fn"].mean)
+        out[key + "images"] = shaped(tr.nodes["x"]["value"])
         out[key + "concepts"] = shaped(model.denormalise(z) if units == "natural" else z)
     return _check_outputs(model, out, "counterfactual")
+
+
+def prediction(model: CausalVAE, do: Mapping[str, torch.Tensor], noise: Mapping[str, torch.Tensor], factual=None):
+    """The intervened model that holds the abducted exogenous values (the prediction step)::
+
+        held = poutine.condition(poutine.do(model.model, data=do), data=non_descendants)
+        poutine.condition(poutine.reparam(held, config=concept_reparam(model)), data=noise)
+
+    :param do: ``{concept: value}`` in normalised units.
+    :param noise: ``{"<concept>_base": [N], "style": [N, S]}`` from :func:`abduct`.
+    :param factual: the factual trace of :func:`abduct`: the concepts that are not descendants of an
+        intervened one are then held at their factual value exactly (rather than recomputed from their
+        noise, which agrees to float rounding), so they are bit-identical.
+    """
+    held = poutine.do(model.model, data=dict(do))
+    if factual is not None:
+        moved = set(do) | {d for c in do for d in nx.descendants(model.graph(), c)}
+        values = factual.nodes["_RETURN"]["value"]
+        held = poutine.condition(held, data={c: values[..., i] for i, c in enumerate(model.concepts) if c not in moved})
+    return poutine.condition(poutine.reparam(held, config=concept_reparam(model)), data=dict(noise))
+
+
+def _check_labels(model: CausalVAE, u, n: int, units: str) -> torch.Tensor | None:
+    """Labels for abduction as normalised ``[n, K]`` (NaN kept: unknown), or ``None``."""
+    if u is None:
+        return None
+    K = len(model.concepts)
+    if not isinstance(u, torch.Tensor) or not u.is_floating_point() or tuple(u.shape) != (n, K):
+        raise ValueError(f"u must be a float tensor of labels [{n}, {K}] (NaN: unknown), got "
+                         f"{list(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}")
+    u = u.float().to(model.label_loc.device)
+    if torch.isinf(u).any():
+        raise ValueError("u holds inf; give finite labels (NaN for unknown)")
+    return model.normalise(u) if units == "natural" else u
 
 
 def sweep_values(model: CausalVAE, concept: str, num: int = 7) -> torch.Tensor:

@@ -23,23 +23,25 @@ from tiny import params, tiny_dataset, tiny_model  # noqa: E402
 from pyro_causalvae import CausalVAE, fit  # noqa: E402
 from pyro_causalvae.queries import posterior_mean  # noqa: E402
 
-SETTINGS = dict(batch_size=8, seed=3, al_every=2, warm_start_steps=50, progress=False)
+# label_dropout=0: which labels a batch hides is drawn per process, so two ranks and one process would hide
+# different labels; without it (and with the mean guide) the three compute the same loss.
+SETTINGS = dict(batch_size=8, seed=3, al_every=2, warm_start_steps=50, progress=False, label_dropout=0.0)
 
 
 @contextlib.contextmanager
 def mean_guide():
-    """The guide's noise at its posterior mean: the loss without Monte-Carlo noise, so that one process and
+    """The guide's latent sites at their posterior mean: the loss without Monte-Carlo noise, so that one process and
     two ranks (whose noise draws differ) compute the same gradients up to float rounding."""
-    orig = CausalVAE.guide
+    orig = CausalVAE.guide_posterior  # the guide's sites (the training loss calls it with the encoder's output)
 
     def guide(self, *args, **kwargs):
         return posterior_mean(lambda *a, **k: orig(self, *a, **k))(*args, **kwargs)
 
-    CausalVAE.guide = guide
+    CausalVAE.guide_posterior = guide
     try:
         yield
     finally:
-        CausalVAE.guide = orig
+        CausalVAE.guide_posterior = orig
 
 
 def train(epochs: int = 2, run: str | None = None, mean: bool = False, resume: bool = False, **kw):
@@ -50,6 +52,14 @@ def train(epochs: int = 2, run: str | None = None, mean: bool = False, resume: b
     return model, hist
 
 
+def die_after(step: int):
+    """A callback that ends this process (as a crash would) once the epoch ending at ``step`` is checkpointed."""
+    def callback(epoch, row):
+        if row["step"] >= step:
+            os._exit(1)
+    return callback
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser()
@@ -58,8 +68,15 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--mean-guide", action="store_true")
     ap.add_argument("--checkpoint-every", type=int, default=200)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--crash-rank1-at-step", type=int, help="first attempt only (TORCHELASTIC_RESTART_COUNT=0)")
     args = ap.parse_args()
-    model, hist = train(args.epochs, args.run_dir, args.mean_guide, checkpoint_every=args.checkpoint_every)
+    kw = {}
+    if (args.crash_rank1_at_step and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+            and os.environ.get("RANK") == "1"):
+        kw["callback"] = die_after(args.crash_rank1_at_step)
+    model, hist = train(args.epochs, args.run_dir, args.mean_guide, resume=args.resume,
+                        checkpoint_every=args.checkpoint_every, **kw)
     rank = torch.distributed.get_rank()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,11 @@ import numpy as np  # noqa: E402
 import pyro  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import xarray as xr  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
 from pyro_causalvae import CausalVAE  # noqa: E402
 from pyro_causalvae import analysis as an  # noqa: E402
-from pyro_causalvae.analysis import az  # noqa: E402  (arviz, imported without its 1.0 FutureWarning)
+from pyro_causalvae.analysis import az  # noqa: E402  (arviz, imported without its 0.x FutureWarning)
 from pyro_causalvae.bayes_graph import GraphPosterior, candidate_edges, fit_graph_posterior  # noqa: E402
 from pyro_causalvae.discovery import warm_start_graph  # noqa: E402
 
@@ -33,7 +32,7 @@ SCALE = torch.tensor([2.0, 0.5, 4.0, 1.0])
 
 def chain_model(**kw):
     kw.setdefault("graph", CHAIN)
-    return CausalVAE(CONCEPTS, (10,), concept_dim=2, hidden=16, mechanism_hidden=8, label_loc=LOC, label_scale=SCALE, **kw)
+    return CausalVAE(CONCEPTS, (10,), style_dim=2, hidden=16, mechanism_hidden=8, label_loc=LOC, label_scale=SCALE, **kw)
 
 
 def images(n=3, seed=0):
@@ -79,12 +78,14 @@ def test_to_inference_data_groups_dims_coords_and_observed_labels():
 
 def test_posterior_predictive_mean_is_the_decoder_of_each_draw():
     model, x = chain_model(), images(2)
-    idata = an.to_inference_data(model, x, num_samples=4, posterior_predictive="mean", blocks=True, seed=3,
-                                 units="normalised")
-    z = torch.as_tensor(an.get_group(idata, "posterior")["concept_blocks"].values)  # [1, 4, 2, K, d]
+    idata = an.to_inference_data(model, x, num_samples=4, posterior_predictive="mean", seed=3, units="normalised")
+    post = an.get_group(idata, "posterior")
+    c = torch.as_tensor(post["concepts"].values)  # [1, 4, 2, K]
+    style = torch.as_tensor(post["style"].values)  # [1, 4, 2, S]
+    assert post["style"].dims == ("chain", "draw", "image", "style_dim") and style.shape == (1, 4, 2, 2)
     pp = torch.as_tensor(an.get_group(idata, "posterior_predictive")["x"].values)
     with torch.no_grad():
-        expected = model.decoder(z.reshape(1, 4, 2, -1))
+        expected = model.decode(c, style)
     assert_close(pp, expected, rtol=1e-5, atol=1e-5)
     sampled = an.to_inference_data(model, x, num_samples=4, posterior_predictive="sample", seed=3)
     assert an.get_group(sampled, "posterior")["concepts"].shape == (1, 4, 2, 4)
@@ -92,30 +93,33 @@ def test_posterior_predictive_mean_is_the_decoder_of_each_draw():
     assert not np.allclose(an.get_group(sampled, "posterior_predictive")["x"].values, pp.numpy())
 
 
-def test_natural_units_roundtrip_and_block_means():
+def test_natural_units_roundtrip():
     model, x = chain_model(), images()
-    nat = an.to_inference_data(model, x, num_samples=5, seed=1, blocks=True)
-    norm = an.to_inference_data(model, x, num_samples=5, seed=1, blocks=True, units="normalised")
+    nat = an.to_inference_data(model, x, num_samples=5, seed=1)
+    norm = an.to_inference_data(model, x, num_samples=5, seed=1, units="normalised")
     zn = torch.as_tensor(an.get_group(nat, "posterior")["concepts"].values)
     zz = torch.as_tensor(an.get_group(norm, "posterior")["concepts"].values)
     assert_close(zn, model.denormalise(zz), rtol=1e-5, atol=1e-5)
     assert_close(model.normalise(zn), zz, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(zn, zz)  # the units do differ here
-    blocks = an.get_group(nat, "posterior")["concept_blocks"]
-    assert blocks.dims == ("chain", "draw", "image", "concept", "block") and blocks.shape == (1, 5, 3, 4, 2)
-    assert_close(torch.as_tensor(blocks.values).mean(-1), zn, rtol=1e-5, atol=1e-5)
 
 
-def test_draws_follow_the_guide_posterior():
-    # the vectorised draws have the encoder's Normal posterior q(z | x) = N(m, v) per block
+def test_draws_follow_the_guide_posterior_and_labels_are_held():
+    # the vectorised draws have the encoder's Normal posterior q(c | x) = N(m, v) per concept
     model, x = chain_model(), images(2)
     S = 4000
-    idata = an.to_inference_data(model, x, num_samples=S, blocks=True, seed=0, units="normalised")
-    z = torch.as_tensor(an.get_group(idata, "posterior")["concept_blocks"].values)[0]  # [S, N, K, d]
+    idata = an.to_inference_data(model, x, num_samples=S, seed=0, units="normalised")
+    z = torch.as_tensor(an.get_group(idata, "posterior")["concepts"].values)[0]  # [S, N, K]
     with torch.no_grad():
-        loc, scale = model.posterior_params(x)
-    assert_close(z.mean(0), loc, rtol=0, atol=float(5 * scale.max() / math.sqrt(S)))
-    assert_close(z.std(0), scale, rtol=0.08, atol=1e-4)
+        post = model.posterior(x)
+    assert_close(z.mean(0), post.loc, rtol=0, atol=float(5 * post.scale.max() / math.sqrt(S)))
+    assert_close(z.std(0), post.scale, rtol=0.08, atol=1e-4)
+    # a labelled concept keeps its label in every draw; the others are still drawn
+    u = torch.full((2, 4), float("nan"))
+    u[:, 1] = torch.tensor([0.3, -0.2])
+    held = an.to_inference_data(model, x, u=u, num_samples=50, seed=0, units="normalised")
+    zh = torch.as_tensor(an.get_group(held, "posterior")["concepts"].values)[0]
+    assert torch.equal(zh[:, :, 1], u[:, 1].expand(50, 2)) and zh[:, :, 0].std(0).min() > 0
 
 
 def test_seed_reproducible_and_caller_rng_restored():
@@ -132,7 +136,7 @@ def test_seed_reproducible_and_caller_rng_restored():
 
 
 def test_conv_images_have_pixel_dims():
-    model = CausalVAE(CONCEPTS, (3, 16, 16), concept_dim=2, channels=4, hidden=16, mechanism_hidden=8)
+    model = CausalVAE(CONCEPTS, (3, 16, 16), style_dim=2, channels=4, hidden=16, mechanism_hidden=8)
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     idata = an.to_inference_data(model, (x * 255).to(torch.uint8), num_samples=3, posterior_predictive=True, seed=0)
     pp = an.get_group(idata, "posterior_predictive")["x"]
@@ -145,55 +149,27 @@ def test_conv_images_have_pixel_dims():
 
 def test_arviz_summary_hdi_and_plot_forest_work():
     model, x = chain_model(), images(2)
-    idata = an.to_inference_data(model, x, u=labels(2), num_samples=50, num_chains=2, seed=0)
+    idata = an.to_inference_data(model, x, num_samples=50, num_chains=2, seed=0)
     post = an.get_group(idata, "posterior")["concepts"]
-    # ArviZ's own functions, with the installed version's keywords
-    if an.ARVIZ_1:
-        s = az.summary(idata, var_names=["concepts"], kind="stats", round_to="none")
-        h = az.hdi(idata, var_names=["concepts"], prob=0.9)
-    else:
-        s = az.summary(idata, var_names=["concepts"], kind="stats", round_to="none")
-        h = az.hdi(idata, var_names=["concepts"], hdi_prob=0.9)
-    assert len(s) == 2 * 4
-    np.testing.assert_allclose(s["mean"].to_numpy(), post.mean(("chain", "draw")).values.reshape(-1), rtol=1e-4, atol=1e-5)
-    assert any("a" in r and "concepts" in r for r in s.index)  # 0.x: "concepts[0, a]"
-    hv = an._tree_to_dataset(h)["concepts"]
-    assert set(hv.dims) >= {"image", "concept"} and hv.sizes["image"] == 2 and hv.sizes["concept"] == 4
-    lo, hi = np.sort(hv.values, axis=-1)[..., 0], np.sort(hv.values, axis=-1)[..., 1]
     mean = post.mean(("chain", "draw")).values
-    assert (lo <= mean + 1e-6).all() and (mean <= hi + 1e-6).all()
-    # the version-independent wrappers
+    # ArviZ's own function, with arguments that both versions take (the defaults differ: see _arviz)
+    s = az.summary(idata, var_names=["concepts"], kind="stats", round_to="none")
+    assert len(s) == 2 * 4
+    np.testing.assert_allclose(s["mean"].to_numpy(dtype=float), mean.reshape(-1), rtol=1e-4, atol=1e-5)
+    assert list(s.index[:2]) == ["concepts[0, a]", "concepts[0, b]"]
+    # the version-independent wrappers (same numbers under both: tests/test_arviz_bridge.py)
     s2 = an.summary(idata, var_names=["concepts"], coords={"image": [0]}, prob=0.9)
-    assert len(s2) == 4
-    assert an.hdi(idata, var_names=["concepts"], prob=0.5)["concepts"].sizes["concept"] == 4
-    axes = an.plot_forest(idata, var_names=["concepts"], coords={"image": [0]})
-    if not an.ARVIZ_1:
-        labels_drawn = " ".join(t.get_text() for t in np.ravel(axes)[0].get_yticklabels())
-        for c in CONCEPTS:
-            assert c in labels_drawn
+    assert list(s2.columns) == ["mean", "sd", "hdi_90%_lower", "hdi_90%_upper"] and len(s2) == 4
+    assert (s2["hdi_90%_lower"] <= s2["mean"]).all() and (s2["mean"] <= s2["hdi_90%_upper"]).all()
+    h = an.hdi(idata, var_names=["concepts"], prob=0.9)["concepts"]
+    assert h.dims == ("image", "concept", "hdi") and h.shape == (2, 4, 2)
+    np.testing.assert_allclose(h.sel(image=0).values, s2[["hdi_90%_lower", "hdi_90%_upper"]].to_numpy(), rtol=1e-6)
+    assert (h.sel(hdi="lower").values <= mean + 1e-6).all() and (mean <= h.sel(hdi="upper").values + 1e-6).all()
+    drawn = an.forest_intervals(idata, var_names=["concepts"], coords={"image": [0]}, prob=0.9)["concepts"]
+    np.testing.assert_allclose(drawn.sel(image=0, forest=["hdi_lower", "hdi_upper"]).values, h.sel(image=0).values)
+    an.plot_forest(idata, var_names=["concepts"], coords={"image": [0]})
     with pytest.raises(ValueError, match="prob"):
         an.summary(idata, prob=1.5)
-
-
-def test_make_inference_data_builds_both_containers():
-    ds = xr.Dataset({"v": (("chain", "draw", "edge"), np.arange(24.0).reshape(1, 6, 4))},
-                    coords={"chain": [0], "draw": np.arange(6), "edge": list("wxyz")})
-    obs = xr.Dataset({"o": (("edge",), np.ones(4))}, coords={"edge": list("wxyz")})
-    groups = {"posterior": ds, "observed_data": obs}
-    idata = an._as_inferencedata(groups, {"units": "natural"})
-    tree = an._as_datatree(groups, {"units": "natural"})  # ArviZ 1.x's container, built with xarray alone
-    assert isinstance(tree, xr.DataTree) and set(tree.children) == {"posterior", "observed_data"}
-    assert tree.attrs["units"] == "natural"
-    assert set(idata.groups()) == {"posterior", "observed_data"}
-    for data in (idata, tree):
-        xr.testing.assert_identical(an.get_group(data, "posterior").drop_attrs(), ds)
-        assert an.get_group(data, "posterior").attrs["units"] == "natural"
-        with pytest.raises(KeyError):
-            an.get_group(data, "prior")
-    assert ds.attrs == {}  # the inputs are not modified
-    assert an.ARVIZ_1 == (int(an.ARVIZ_VERSION.split(".")[0]) >= 1)
-    made = an.make_inference_data(groups)
-    assert isinstance(made, xr.DataTree if an.ARVIZ_1 else az.InferenceData)
 
 
 @pytest.mark.parametrize("call, match", [
@@ -272,7 +248,7 @@ def fitted_scm_model():
     """A learned-graph model whose A and mechanisms were fitted on labels of the tiny SCM in the order
     a, b, d, c (the warm start of training; A is dense in that order: 6 candidate edges)."""
     pyro.set_rng_seed(0)
-    model = CausalVAE(CONCEPTS, (10,), concept_dim=2, hidden=16, mechanism_hidden=8)
+    model = CausalVAE(CONCEPTS, (10,), style_dim=2, hidden=16, mechanism_hidden=8)
     warm_start_graph(model, tiny_scm(300, seed=0), order=[0, 1, 3, 2], steps=300, seed=0)
     return model
 
@@ -366,42 +342,8 @@ def test_graph_posterior_bad_data():
 
 
 def test_graph_posterior_needs_candidate_edges():
-    model = CausalVAE(("a", "b"), (10,), concept_dim=2, hidden=16, mechanism_hidden=8, graph=[])
+    model = CausalVAE(("a", "b"), (10,), style_dim=2, hidden=16, mechanism_hidden=8, graph=[])
     with pytest.raises(ValueError, match="allows no edge"):
         fit_graph_posterior(model, torch.zeros(5, 2))
     post = fit_graph_posterior(model, torch.rand(20, 2), edges=[("a", "b")], num_steps=3, progress=True)
     assert post.edge_names == ["a -> b"] and len(post.losses) == 3
-
-
-def test_arviz_1_branch_translates_the_keywords(monkeypatch):
-    """The ArviZ >= 1.0 branch, against a stand-in for its API (ArviZ 1.x needs Python >= 3.12)."""
-    calls = {}
-    ds = xr.Dataset({"v": (("chain", "draw", "image"), np.zeros((1, 5, 2)))},
-                    coords={"chain": [0], "draw": np.arange(5), "image": [0, 1]})
-
-    class ArviZ1:
-        def summary(self, data, **kw):
-            calls["summary"] = (data, kw)
-
-        def hdi(self, data, **kw):
-            calls["hdi"] = kw
-            return xr.DataTree.from_dict({"/posterior": ds.isel(chain=0, draw=slice(0, 2)).rename(draw="ci_bound")})
-
-        def plot_forest(self, data, **kw):
-            calls["plot_forest"] = (data, kw)
-
-    monkeypatch.setattr(an, "az", ArviZ1())
-    monkeypatch.setattr(an, "ARVIZ_1", True)
-    tree = an.make_inference_data({"posterior": ds}, {"units": "natural"})
-    assert isinstance(tree, xr.DataTree) and tree.attrs["units"] == "natural"
-    xr.testing.assert_identical(an.get_group(tree, "posterior").drop_attrs(), ds)
-    an.summary(tree, var_names=["v"], coords={"image": [0]}, prob=0.9)
-    assert calls["summary"][1] == {"var_names": ["v"], "coords": {"image": [0]}, "kind": "stats", "ci_prob": 0.9,
-                                   "ci_kind": "hdi"}
-    h = an.hdi(tree, var_names=["v"], prob=0.8)
-    assert calls["hdi"]["prob"] == 0.8 and isinstance(h, xr.Dataset) and "ci_bound" in h.dims
-    an.plot_forest({"factual": ds, "cf": tree}, var_names=["v"], prob=0.9, figsize=(4, 3))
-    data, kw = calls["plot_forest"]
-    assert set(data) == {"factual", "cf"} and all(isinstance(v, xr.DataTree) for v in data.values())
-    assert kw["ci_probs"] == (0.5, 0.9) and kw["ci_kind"] == "hdi" and kw["combined"] is True
-    assert kw["figure_kwargs"] == {"figsize": (4, 3)} and "figsize" not in kw and "hdi_prob" not in kw

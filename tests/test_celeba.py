@@ -206,7 +206,7 @@ def test_fit_streams_images_from_disk_with_workers_like_the_preloaded_data(fake)
     for preload, workers in ((True, 0), (False, 1)):
         ds = CelebA(parent, split="train", size=16, preload=preload)
         torch.manual_seed(0)
-        model = CausalVAE(ds.concepts, ds.image_shape, concept_dim=2, graph=ds.graph,
+        model = CausalVAE(ds.concepts, ds.image_shape, style_dim=2, graph=ds.graph,
                           channels=8, hidden=16, mechanism_hidden=8, label_loc=ds.label_loc, label_scale=ds.label_scale)
         fit(model, ds, epochs=2, batch_size=4, seed=1, progress=False, num_workers=workers)
         runs.append({k: v for k, v in model.state_dict().items() if torch.is_tensor(v)})

@@ -25,7 +25,7 @@ def run(tmp_path):
 def train_argv(run, out, *extra):
     data = run.parent / "data"
     return ["train", "--dataset", "folder", "--root", data, "--labels", data / "labels.csv", "--out", out, "--epochs", "1",
-            "--batch-size", "8", "--concept-dim", "2", "--no-progress", *extra]
+            "--batch-size", "8", "--style-dim", "2", "--no-progress", *extra]
 
 
 def assert_argparse_error(code, err, pattern):
@@ -172,7 +172,7 @@ def test_interrupt_exits_130(run, capsys, monkeypatch):
         (["--epochs", "0"], "epochs must be a positive integer, got 0"),
         (["--batch-size", "-1"], "batch_size must be a positive integer"),
         (["--lr", "nan"], "lr must be a positive finite number, got nan"),
-        (["--concept-dim", "0", "--graph", "a->b"], "concept_dim must be a positive integer"),
+        (["--style-dim", "-1", "--graph", "a->b"], "style_dim must be a non-negative integer"),
         ([], r"--graph learn .* needs at least 16; .*labels.csv' has 7\. Give the graph with --graph FILE"),
         (["--weight", "kl=nan"], "loss weight kl must be a finite number"),
         (["--weight", "kl"], "--weight 'kl' must be NAME=VALUE"),

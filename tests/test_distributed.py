@@ -4,9 +4,13 @@ and its shards, and the errors of a bad launch.
     a --> b --> c        (tests/tiny.py; the worker is tests/ddp_worker.py)
 """
 
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,10 +28,10 @@ from pyro_causalvae.distributed import setup
 HERE = Path(__file__).resolve().parent
 
 
-def torchrun(out: Path, *args: str) -> list[dict]:
+def torchrun(out: Path, *args: str, launcher: tuple[str, ...] = ()) -> list[dict]:
     """Run tests/ddp_worker.py on 2 CPU processes (gloo); return each rank's parameters and order."""
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *launcher,
            str(HERE / "ddp_worker.py"), "--out", str(out), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -100,3 +104,100 @@ def test_bad_batching_and_launch_errors(monkeypatch):
         setup("cpu")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not setup("cpu").distributed
+
+
+# ---------------------------------------------------------------------------------------------------
+# lost ranks, ranks that disagree, and an elastic restart
+# ---------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli_ranks(outs: list[Path], data: Path, *extra: str) -> list[subprocess.Popen]:
+    """Two ranks of ``python -m pyro_causalvae train`` launched by hand (the environment torchrun sets)."""
+    port = str(_free_port())
+    procs = []
+    for rank, out in enumerate(outs):
+        env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        cmd = [sys.executable, "-m", "pyro_causalvae", "train", "--dataset", "folder", "--root", str(data), "--labels",
+               str(data / "labels.csv"), "--out", str(out), "--batch-size", "8", "--style-dim", "2",
+               "--graph", "a->b,b->c", "--no-progress", *extra]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        return -999, err
+    return proc.returncode, err
+
+
+@pytest.fixture
+def data(tmp_path):
+    folder = tmp_path / "data"
+    tiny_dataset(n=32).to_folder(folder)
+    return folder
+
+
+def test_a_stopped_rank_ends_the_others_within_the_peer_timeout(tmp_path, data):
+    run = tmp_path / "run"
+    procs = _cli_ranks([run, run], data, "--epochs", "5000", "--checkpoint-every", "1", "--peer-timeout", "8")
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoint-00000004.pt").exists():  # both ranks are training
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+            assert time.monotonic() < deadline, "no step-4 checkpoint in 300 s"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        code, err = _finish(procs[0], timeout=120)
+        waited = time.monotonic() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, err[-3000:]
+    assert lines[-1].startswith("pyro-causalvae: error: rank 1 has not responded for"), err[-3000:]
+    assert "peer_timeout 8 s" in lines[-1]
+    assert waited < 8 + 20, waited  # the timeout, one heartbeat, and a loaded machine's slack
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))  # what was written is intact
+    assert state["world_size"] == 2 and state["step"] >= 4
+
+
+def test_ranks_that_see_different_checkpoints_refuse_to_resume(tmp_path, data):
+    """A run directory that is not shared: rank 0 finds a checkpoint, rank 1 finds none."""
+    from pyro_causalvae.cli import main
+
+    seen, unseen = tmp_path / "node0", tmp_path / "node1"
+    assert main(["train", "--dataset", "folder", "--root", str(data), "--labels", str(data / "labels.csv"), "--out", str(seen),
+                 "--epochs", "1", "--batch-size", "8", "--style-dim", "2", "--graph", "a->b,b->c", "--no-progress"]) == 0
+    procs = _cli_ranks([seen, unseen], data, "--epochs", "2", "--resume")
+    results = [_finish(p, timeout=300) for p in procs]
+    for code, err in results:
+        last = [ln for ln in err.splitlines() if ln.strip()][-1]
+        assert code == 2, err[-2000:]
+        assert last.startswith("pyro-causalvae: error: the ranks disagree on the checkpoint to resume from"), err[-2000:]
+        assert "rank 0: ('checkpoint-00000004.pt', 4); rank 1: (None, 0)" in last and "every rank sees" in last
+    assert [p.name for p in ckpt.checkpoints(seen)] == ["checkpoint-00000004.pt"]
+
+
+def test_torchrun_max_restarts_resumes_from_the_last_checkpoint(tmp_path):
+    """Elastic: rank 1 dies after step 8 of 12; torchrun restarts both ranks, which resume at step 8."""
+    run = tmp_path / "run"
+    r0, r1 = torchrun(tmp_path, "--run-dir", str(run), "--epochs", "3", "--checkpoint-every", "4", "--resume",
+                      "--crash-rank1-at-step", "8", launcher=("--max-restarts", "1", "--monitor-interval", "0.2"))
+    for k, v in r0["params"].items():
+        assert torch.equal(v, r1["params"][k]), k
+    cfg = json.loads((run / ckpt.CONFIG).read_text())
+    assert [r["step"] for r in cfg["fit"]["resumed"]] == [8]  # the restart resumed at step 8
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
+    assert (state["epoch"], state["step"]) == (3, 12)
+    assert [r["step"] for r in state["history"]] == [4, 8, 12]

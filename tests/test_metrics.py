@@ -62,7 +62,7 @@ def test_intervention_scores_perfect_and_leaky_judges():
     cf[:, 1] = np.tanh(cf[:, 0]) + noise_b
     cf[:, 2] = cf[:, 1] ** 2 - 0.5
     perfect = intervention_scores("abcd", TRUE, "a", v, u, cf, u, cf)
-    assert perfect["achieved"] == pytest.approx(1.0) and perfect["target_error"] == pytest.approx(0.0)
+    assert perfect["achieved"] == pytest.approx(1.0) and perfect["effectiveness"]["mae"] == pytest.approx(0.0)
     assert perfect["descendants"]["b"]["r2"] == pytest.approx(1.0) and perfect["descendants"]["c"]["mae"] == pytest.approx(0.0)
     assert perfect["leakage"] == {"d": 0.0}
     leaky = cf.copy()
@@ -85,5 +85,5 @@ def test_intervention_scores_bad_input():
 
 def test_pixel_errors():
     x = np.zeros((2, 1, 2, 2))
-    out = pixel_errors(x, x + 0.1, x + 0.5, x)
-    assert out == pytest.approx({"cf_mse": 0.25, "recon_mse": 0.01})
+    out = pixel_errors(x, x + 0.1, x + 0.5, x + 0.2)
+    assert out == pytest.approx({"cf_mse": 0.09, "unchanged_mse": 0.04, "recon_mse": 0.01, "cf_l1": 0.3, "recon_l1": 0.1})

@@ -8,11 +8,14 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+from pyro.infer.reparam import TransformReparam
 from torch.testing import assert_close
 
 from pyro_causalvae import CausalVAE
 from pyro_causalvae.dag import AugmentedLagrangian, acyclicity, causal_order
 from pyro_causalvae.loss import LossWeights, loss_terms, pyro_elbo_loss, total_loss
+from pyro_causalvae.nets import CompositeConvDecoder
+from pyro_causalvae.queries import posterior_mean, prediction
 
 # Chain with an unrelated root:
 #
@@ -24,7 +27,7 @@ CONCEPTS = ("a", "b", "c", "d")
 
 def chain_model(**kw):
     kw.setdefault("graph", CHAIN)
-    return CausalVAE(CONCEPTS, (10,), concept_dim=2, hidden=16, mechanism_hidden=8, **kw)
+    return CausalVAE(CONCEPTS, (10,), style_dim=2, hidden=16, mechanism_hidden=8, **kw)
 
 
 def data(n=6, seed=0):
@@ -41,42 +44,66 @@ def test_trace_has_one_site_per_concept_in_topological_order():
     assert set(concept_sites) == set(CONCEPTS)
     order = {c: concept_sites.index(c) for c in CONCEPTS}
     assert order["a"] < order["b"] < order["c"]
-    for c in CONCEPTS:
-        assert f"{c}_noise" in sites
-        assert tr.nodes[c]["value"].shape == (6, 2)
-        assert tr.nodes[c]["cond_indep_stack"][0].name == "data"
-    assert tr.nodes["x"]["is_observed"] and tr.nodes["labels"]["is_observed"]
-    assert_close(tr.nodes["labels"]["value"], u[..., None].expand(6, 4, 2))
+    for i, c in enumerate(CONCEPTS):
+        site = tr.nodes[c]
+        assert site["value"].shape == (6,) and site["cond_indep_stack"][0].name == "data"
+        # the labels are the observations of the concept sites, with the structural equation's density
+        assert site["is_observed"] and torch.equal(site["value"], u[:, i])
+        assert isinstance(site["fn"], pyro.distributions.TransformedDistribution)
+    assert tr.nodes["x"]["is_observed"] and tr.nodes["style"]["value"].shape == (6, 2)
+    assert "labels" not in tr.nodes and not any(n.endswith("_noise") for n in tr.nodes)
 
 
-def _counterfactual(model, x, do):
-    guide_tr = poutine.trace(model.guide).get_trace(x)
-    factual = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(x)
-    cf = poutine.trace(poutine.replay(poutine.do(model.model, data=do), trace=guide_tr)).get_trace(x)
+def _counterfactual(model, x, do, hold=True):
+    """The counterfactual with plain Pyro handlers: abduction (the guide, then the noise through
+    TransformReparam), action (do), prediction (condition the reparametrised, intervened model on the
+    noise); ``hold`` also holds the non-descendants at their factual values, as queries.prediction does."""
+    guide_tr = poutine.trace(posterior_mean(model.guide)).get_trace(x)
+    config = {c: TransformReparam() for c in CONCEPTS}
+    factual = poutine.trace(poutine.reparam(poutine.replay(model.model, trace=guide_tr), config=config)).get_trace(None, None, 6)
+    noise = {n: s["value"] for n, s in factual.nodes.items() if n.endswith("_base") or n == "style"}
+    if hold:
+        return factual, poutine.trace(prediction(model, do, noise, factual)).get_trace(None, None, 6)
+    intervened = poutine.reparam(poutine.do(model.model, data=do), config=config)
+    cf = poutine.trace(poutine.condition(intervened, data=noise)).get_trace(None, None, 6)
     return factual, cf
+
+
+def _value(tr, c):
+    """The value the model used for concept c (the intervened copy under do)."""
+    return tr.nodes["_RETURN"]["value"][..., CONCEPTS.index(c)]
 
 
 def test_do_reaches_grandchild_and_never_a_non_descendant():
     model = chain_model()
     x, _ = data()
     factual, cf = _counterfactual(model, x, {"a": torch.tensor(2.0)})
-    # the model returns the concept blocks [N, K, d] it used: a is the intervened value
-    assert_close(cf.nodes["_RETURN"]["value"][:, 0], torch.full((6, 2), 2.0))
-    moved = {c: (cf.nodes[c]["value"] - factual.nodes[c]["value"]).abs().max().item() for c in "bcd"}
+    assert_close(_value(cf, "a"), torch.full((6,), 2.0))
+    moved = {c: (_value(cf, c) - _value(factual, c)).abs().max().item() for c in "bcd"}
     assert moved["b"] > 1e-3
     assert moved["c"] > 1e-4  # multi-hop: a -> b -> c
     assert moved["d"] == 0.0  # not a descendant: bit-identical
     # the decoder sees the intervened concepts
-    assert not torch.allclose(cf.nodes["x"]["fn"].mean, factual.nodes["x"]["fn"].mean)
+    assert not torch.allclose(cf.nodes["x"]["value"], factual.nodes["x"]["value"])
+
+
+def test_noise_alone_gives_the_same_counterfactual_to_rounding():
+    model = chain_model()
+    x, _ = data()
+    factual, held = _counterfactual(model, x, {"a": torch.tensor(2.0)})
+    _, plain = _counterfactual(model, x, {"a": torch.tensor(2.0)}, hold=False)
+    assert_close(plain.nodes["_RETURN"]["value"], held.nodes["_RETURN"]["value"], rtol=0, atol=1e-5)
+    _, null = _counterfactual(model, x, {}, hold=False)  # no intervention: the factual, to rounding
+    assert_close(null.nodes["_RETURN"]["value"], factual.nodes["_RETURN"]["value"], rtol=0, atol=1e-5)
 
 
 def test_do_on_middle_node_leaves_its_ancestors():
     model = chain_model()
     x, _ = data()
     factual, cf = _counterfactual(model, x, {"b": torch.tensor(-1.0)})
-    assert torch.equal(cf.nodes["a"]["value"], factual.nodes["a"]["value"])
-    assert torch.equal(cf.nodes["d"]["value"], factual.nodes["d"]["value"])
-    assert (cf.nodes["c"]["value"] - factual.nodes["c"]["value"]).abs().max() > 1e-4
+    assert torch.equal(_value(cf, "a"), _value(factual, "a"))
+    assert torch.equal(_value(cf, "d"), _value(factual, "d"))
+    assert (_value(cf, "c") - _value(factual, "c")).abs().max() > 1e-4
 
 
 def test_do_accepts_per_image_values():
@@ -85,65 +112,66 @@ def test_do_accepts_per_image_values():
     v = torch.linspace(-1, 1, 6)
     pyro.set_rng_seed(1)
     _, cf = _counterfactual(model, x, {"a": v})
-    pyro.set_rng_seed(1)
-    _, cf0 = _counterfactual(model, x, {"a": v[:, None].expand(6, 2).clone()})
-    assert_close(cf.nodes["c"]["value"], cf0.nodes["c"]["value"])
+    assert_close(_value(cf, "a"), v)
 
 
-def test_condition_and_predictive_and_render_model():
+def test_predictive_and_render_model():
     model = chain_model()
     x, u = data()
-    cond = poutine.condition(model.model, data={"b": torch.zeros(6, 2)})
-    tr = poutine.trace(cond).get_trace(x)
-    assert torch.equal(tr.nodes["b"]["value"], torch.zeros(6, 2))
-    pred = pyro.infer.Predictive(model.model, guide=model.guide, num_samples=3, return_sites=["c", "labels"])
+    pred = pyro.infer.Predictive(model.model, guide=model.guide, num_samples=3, return_sites=["c", "style"])
     out = pred(x)
-    assert out["c"].shape == (3, 6, 2) and out["labels"].shape == (3, 6, 4, 2)
+    assert out["c"].shape == (3, 6) and out["style"].shape == (3, 6, 2)
     prior = pyro.infer.Predictive(model.model, num_samples=2, return_sites=["x", "a"])(None, None, 5)
-    assert prior["x"].shape == (2, 5, 10)
-    source = pyro.render_model(model.model, model_args=(x, u)).source
+    assert prior["x"].shape == (2, 5, 10) and prior["a"].shape == (2, 5)
+    source = pyro.render_model(model.model, model_args=(None, None, 6)).source
     edges = {tuple(line.strip().split(" -> ")) for line in source.splitlines() if " -> " in line}
-    # value provenance follows the graph: c depends on a's and b's noise (a -> b -> c), d on its own only
-    assert {("a_noise", "c"), ("b_noise", "c"), ("c_noise", "c"), ("d_noise", "d")} <= edges
-    assert not {("a_noise", "d"), ("b_noise", "d"), ("c_noise", "d"), ("d_noise", "c")} & edges
+    # value provenance follows the graph: a -> b -> c, d alone
+    assert {("a", "b"), ("b", "c")} <= edges
+    assert not {("a", "d"), ("b", "d"), ("c", "d"), ("d", "c"), ("a", "c")} & edges
 
 
-def test_elbo_terms_equal_pyro_trace_mean_field_elbo():
+def test_elbo_terms_equal_pyro_trace_elbo():
     model = chain_model()
     x, u = data()
-    pyro.set_rng_seed(3)
-    terms = loss_terms(model, x, u)
-    pyro.set_rng_seed(3)
-    expected = pyro_elbo_loss(model, x, u)
-    assert_close(terms["recon"] + terms["kl"] + terms["labels"], expected, rtol=1e-5, atol=1e-4)
+    for labels in (u, None, _with_missing(u)):
+        pyro.set_rng_seed(3)
+        terms = loss_terms(model, x, labels)
+        pyro.set_rng_seed(3)
+        expected = pyro_elbo_loss(model, x, labels)
+        assert_close(terms["recon"] + terms["kl"] + terms["labels"], expected, rtol=1e-5, atol=1e-3)
+
+
+def _with_missing(u):
+    u = u.clone()
+    u[0, 1] = float("nan")  # b: labelled for some images only
+    u[:, 3] = float("nan")  # d: no label in the batch
+    return u
 
 
 def test_unlabelled_and_partly_labelled_images_train():
     model = chain_model()
     x, u = data()
     t = loss_terms(model, x, None)
-    assert t["labels"] == 0 and t["label_loss"] == 0
-    u = u.clone()
-    u[0, 1] = float("nan")
-    t = loss_terms(model, x, u)
-    assert torch.isfinite(total_loss(t, LossWeights()))
+    assert t["labels"] == 0 and t["encoder"] == 0
+    t = loss_terms(model, x, _with_missing(u))
+    assert torch.isfinite(total_loss(t, LossWeights())) and t["labels"] != 0
 
 
 def test_pyro_svi_registers_parameters_and_learns():
     model = chain_model()
     x, u = data(64)
-    svi = pyro.infer.SVI(model.model, model.guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.TraceMeanField_ELBO())
+    svi = pyro.infer.SVI(model.model, model.guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO())
     losses = [svi.step(x, u) for _ in range(60)]
     assert len(list(pyro.get_param_store().keys())) > 10
     assert sum(losses[-10:]) < sum(losses[:10])
 
 
 def test_conv_networks_shapes():
-    model = CausalVAE(("p", "q"), (3, 32, 32), concept_dim=3, channels=8, hidden=16)
+    model = CausalVAE(("p", "q"), (3, 32, 32), style_dim=3, channels=8, hidden=16)
     x = torch.rand(4, 3, 32, 32)
     tr = poutine.trace(model.model).get_trace(x)
     assert tr.nodes["x"]["fn"].mean.shape == (4, 3, 32, 32)
-    assert model.encode(x).shape == (4, 2, 3)
+    assert model.encode(x).shape == (4, 2)
     assert model.reconstruct(x).shape == x.shape
 
 
@@ -189,7 +217,7 @@ def test_bad_graph_arguments(kw, match):
         (dict(concepts=("a", "a")), "duplicate"),
         (dict(image_shape=(3, 30, 30)), "multiple of 4"),
         (dict(image_shape=(5, 32, 32)), "channels"),
-        (dict(concept_dim=0), "concept_dim"),
+        (dict(style_dim=-1), "style_dim"),
         (dict(pixel_scale=-1.0), "pixel_scale"),
         (dict(label_scale=[1.0, 0.0]), "label_scale must be positive"),
     ],
@@ -233,7 +261,35 @@ def test_config_round_trip():
 
 def test_structural_forward_is_the_model_without_pyro():
     model = chain_model()
-    x, _ = data()
-    tr = poutine.trace(model.model).get_trace(x)
-    eps = torch.stack([tr.nodes[f"{c}_noise"]["value"] for c in CONCEPTS], dim=-2)
+    config = {c: TransformReparam() for c in CONCEPTS}
+    tr = poutine.trace(poutine.reparam(model.model, config=config)).get_trace(None, None, 6)
+    eps = torch.stack([tr.nodes[f"{c}_base"]["value"] for c in CONCEPTS], dim=-1)
     assert_close(model.structural_forward(eps), tr.nodes["_RETURN"]["value"])
+
+
+def test_concept_model_is_the_model_without_images():
+    model = chain_model()
+    u = torch.randn(6, 4)
+    u[:3, 1] = float("nan")
+    pyro.set_rng_seed(0)
+    full = poutine.trace(model.model).get_trace(None, u, 6)
+    pyro.set_rng_seed(0)
+    alone = poutine.trace(model.concept_model).get_trace(u, 6)
+    for c in ("a", "b", "b_unobserved", "c", "d"):
+        assert torch.equal(full.nodes[c]["value"], alone.nodes[c]["value"]), c
+        assert_close(full.nodes[c]["fn"].log_prob(full.nodes[c]["value"]), alone.nodes[c]["fn"].log_prob(alone.nodes[c]["value"]))
+    assert "x" not in alone.nodes and "style" not in alone.nodes
+
+
+def test_composite_decoder_draws_each_concept_from_its_own_value():
+    model = CausalVAE(("p", "q", "r"), (3, 16, 16), style_dim=2, decoder="composite", channels=8, hidden=16)
+    z = torch.randn(4, 5)
+    layers = model.decoder.layers(z)  # [4, G = 3 concepts + style, 3, 16, 16]
+    assert layers.shape == (4, 4, 3, 16, 16)
+    assert_close(torch.sigmoid(layers.sum(1) + model.decoder.out.bias[:, None, None]), model.decoder(z))
+    moved = z.clone()
+    moved[:, 1] += 1.0  # change q only
+    diff = (model.decoder.layers(moved) - layers).abs().amax((0, 2, 3, 4))
+    assert diff[1] > 0 and torch.equal(diff[[0, 2, 3]], torch.zeros(3))
+    assert model.config()["decoder"] == "composite"
+    assert isinstance(CausalVAE.from_config(model.config()).decoder, CompositeConvDecoder)

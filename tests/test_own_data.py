@@ -119,7 +119,7 @@ LAYOUTS = [sorted_files_and_a_csv_elsewhere, csv_beside_an_images_folder, excel_
 
 def train(argv, out, capsys, *extra):
     code = main(["train", "--dataset", "folder", *argv, "--out", str(out), "--epochs", "1", "--batch-size", "16",
-                 "--concept-dim", "1", "--no-progress", *extra])
+                 "--style-dim", "1", "--no-progress", *extra])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return captured.out
@@ -191,7 +191,7 @@ def test_partial_labels_with_a_learned_graph(tmp_path):
     labels[1::7, 0] = float("nan")
     ds = ConceptImageDataset(torch.tensor(images).permute(0, 3, 1, 2).contiguous(), labels, CONCEPTS)
     assert torch.isfinite(ds.label_loc).all() and torch.isfinite(ds.label_scale).all()
-    model = CausalVAE(CONCEPTS, ds.image_shape, concept_dim=1, channels=8, hidden=16, mechanism_hidden=8,
+    model = CausalVAE(CONCEPTS, ds.image_shape, style_dim=1, channels=8, hidden=16, mechanism_hidden=8,
                       label_loc=ds.label_loc, label_scale=ds.label_scale)
     hist = fit(model, ds, epochs=1, batch_size=16, progress=False, warm_start_steps=5)
     assert hist.graph_search is not None and all(np.isfinite(v) for v in (hist.last()["loss"], hist.last()["labels"]))
@@ -255,7 +255,7 @@ def one_line_error(argv, capsys, out):
         (lambda d: Image.fromarray(np.zeros((16, 16), np.uint16)).save(d / "frame_010.png"),
          r"'.*frame_010\.png' \(row 10\) has mode 'I;16' \(16-bit or float\)"),
         (lambda d: ((d / "frame_001.png").unlink(), (d / "frame_002.png").write_bytes(b"")),
-         r"frame_001\.png' \(row 1\): it does not exist \(1 of 40 rows share this problem; also 1 files are not readable images\)"),
+         r"frame_001\.png' \(row 1\): it does not exist \(1 of 40 rows share this problem; also 1 files are unreadable or refused\)"),
     ],
 )
 def test_image_problems_are_found_from_the_headers_before_decoding(tmp_path, capsys, monkeypatch, damage, match):
@@ -297,7 +297,7 @@ def test_with_no_progress_every_phase_prints_one_line_with_its_time(tmp_path, ca
     text = train(argv, "run", capsys, "--epochs", "2")
     names = [re.sub(r"[:(].*", "", ln).strip() for ln in phase_lines(text)]
     assert names == ["labels CSV", f"checking {N} image headers", f"decoding {N - 4} images", "decoding 4 images",
-                     "epoch 1/2", "epoch 2/2"], text
+                     f"structural equations fitted to {N - 4} labelled rows", "epoch 1/2", "epoch 2/2"], text
 
 
 def test_order_search_and_pruning_log_their_time(caplog):
@@ -310,7 +310,14 @@ def test_order_search_and_pruning_log_their_time(caplog):
     with caplog.at_level(logging.INFO, logger="pyro_causalvae"):
         fit(tiny_model(), tiny_dataset(), epochs=1, batch_size=16, progress=False, warm_start_steps=5)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == "missing labels of 48 rows: a 0, b 0, c 0"
-    assert re.fullmatch(r"causal order search and warm start: [abc] < [abc] < [abc] \(\d+\.\d s\)", lines[1]), lines
-    assert re.fullmatch(r"epoch 1/1: loss .* \(\d+\.\d s, \d+ images/s\)", lines[2]), lines
-    assert re.fullmatch(r"pruning: .* \(\d+\.\d s\)", lines[3]), lines
+    # one line per phase, in the order the work is done, each with its time
+    patterns = [r"missing labels of 48 rows: a 0, b 0, c 0",
+                r"graph stage: order search \d+\.\d s \(3 concepts, .*\)",
+                r"graph stage: warm start \d+\.\d s \(5 steps, \d edges\)",
+                r"causal order from the labels: [abc] < [abc] < [abc] \(\d+\.\d s\)",
+                r"structural equations fitted to 48 labelled rows: -log p per row .* \(\d+\.\d s\)",
+                r"epoch 1/1: loss .* \(\d+\.\d s, \d+ images/s\)",
+                r"graph stage: pruning \d+\.\d s \(\d redundant edge\(s\) removed.*\)"]
+    assert len(lines) == len(patterns), lines
+    for pattern, line in zip(patterns, lines):
+        assert re.fullmatch(pattern, line), (pattern, line)

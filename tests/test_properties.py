@@ -193,23 +193,27 @@ MODEL_ARGS = {
     "concepts": arg([CONCEPTS, ["a", "b", "c"]], ["abc", ("a", "a", "b"), ("a", "", "c"), (1, 2, 3), (), None, {"a", "b", "c"}]),
     "image_shape": arg([(3, 16, 16), (1, 16, 16), (5,)], [(3, 15, 15), (2, 16, 16), (3, 16, 20), (16, 16), (3, 16.5, 16.5),
                                                           "3x16x16", None, (0,), (3, -16, -16), (True, 16, 16)]),
-    "concept_dim": arg([1, 2], [0, -1, 2.5, True, "2", None]),
+    "style_dim": arg([0, 2], [-1, 2.5, True, "2", None]),
     "channels": arg([8], [7, 0, 8.0, False]),
     "hidden": arg([16], [0, True, "16"]),
     "graph": arg(["learn", None, GRAPH], ["true", 5, [("a", "zz")], [("a", "b"), ("b", "a")], [("a", "a")], [("a", "b", "c")]]),
     "required": arg([(), [("a", "b")]], ["ab", 3, [("a", "zz")], [("a",)], [(["a"], "b")]]),
     "forbidden": arg([(), [("c", "a")]], ["ab", 3, [("a", "zz")], [(1, 2)]]),
     "pixel_scale": arg([0.1, 1], [0, -0.1, float("nan"), float("inf"), "0.1", True, None]),
-    "label_noise": arg([0.05], [0.0, float("inf")]),
+    "mechanism": arg(["mlp", "linear"], ["MLP", None, 1]),
+    "noise": arg(["spline", "normal"], ["gauss", None]),
+    "edge_threshold": arg([0.0, 0.02], [-0.1, float("nan"), "0.02", True]),
+    "edge_relative": arg([0.0, 0.2, 1.0], [-0.1, 1.5, float("inf")]),
     "label_loc": arg([None, [0.0, 1.0, 2.0], torch.zeros(3)], ["abc", ["a", "b", "c"], [0.0], [0, float("nan"), 0],
                                                                torch.zeros(3, dtype=torch.complex64), [[0, 0, 0]]]),
     "label_scale": arg([None, [1.0, 2.0, 0.5]], [[1, 0, 1], [1, -1, 1], [1, float("inf"), 1], [1e-45, 1, 1], "1"]),
 }
 #: how a message may name each argument
 MODEL_NAMES = {
-    "concepts": ("concept",), "image_shape": ("image_shape",), "concept_dim": ("concept_dim",), "channels": ("channels",),
+    "concepts": ("concept",), "image_shape": ("image_shape",), "style_dim": ("style_dim",), "channels": ("channels",),
     "hidden": ("hidden",), "graph": ("graph", "cycle", "self-loop", "not concepts", "edge"), "required": ("required",),
-    "forbidden": ("forbidden",), "pixel_scale": ("pixel_scale",), "label_noise": ("label_noise",),
+    "forbidden": ("forbidden",), "pixel_scale": ("pixel_scale",), "mechanism": ("mechanism",),
+    "noise": ("noise",), "edge_threshold": ("edge_threshold",), "edge_relative": ("edge_relative",),
     "label_loc": ("label_loc",), "label_scale": ("label_scale",),
 }
 
@@ -262,7 +266,7 @@ def _fit_data():
 def test_fit_arguments(drawn):
     kw = {k: v for k, (v, _) in drawn.items()}
     bad = [k for k, (_, ok) in drawn.items() if not ok]
-    model = CausalVAE(CONCEPTS, (3, 16, 16), concept_dim=2, graph=GRAPH, channels=8, hidden=16, mechanism_hidden=8)
+    model = CausalVAE(CONCEPTS, (3, 16, 16), style_dim=2, graph=GRAPH, channels=8, hidden=16, mechanism_hidden=8)
     before = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
     try:
         history = fit(model, _fit_data(), progress=False, **kw)
@@ -291,7 +295,7 @@ def _query_model():
     global QUERY_MODEL
     if QUERY_MODEL is None:
         torch.manual_seed(0)
-        QUERY_MODEL = CausalVAE(CONCEPTS, (3, 16, 16), concept_dim=2, graph=GRAPH, channels=8, hidden=16, mechanism_hidden=8,
+        QUERY_MODEL = CausalVAE(CONCEPTS, (3, 16, 16), style_dim=2, graph=GRAPH, channels=8, hidden=16, mechanism_hidden=8,
                                 label_loc=[10.0, 0.0, 0.0], label_scale=[2.0, 1.0, 0.5]).eval()
     return QUERY_MODEL
 

@@ -7,6 +7,7 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+from pyro.infer.reparam import TransformReparam
 from torch.testing import assert_close
 
 from pyro_causalvae import CausalVAE
@@ -19,7 +20,7 @@ SCALE = torch.tensor([2.0, 1.0, 1.0, 1.0])
 
 @pytest.fixture
 def model():
-    m = CausalVAE(CONCEPTS, (3, 16, 16), concept_dim=2, graph=[("a", "b"), ("b", "c")], channels=8, hidden=16,
+    m = CausalVAE(CONCEPTS, (3, 16, 16), style_dim=2, graph=[("a", "b"), ("b", "c")], channels=8, hidden=16,
                   mechanism_hidden=8, label_loc=LOC, label_scale=SCALE)
     return m.eval()
 
@@ -38,17 +39,34 @@ def test_counterfactual_moves_descendants_only_and_hits_the_value(model):
     assert (cf[:, 2] - fact[:, 2]).abs().max() > 0  # grandchild
     assert torch.equal(cf[:, 3], fact[:, 3])  # non-descendant: exactly its abducted value
     # the factual concepts at the posterior mean are the encoder's means
-    assert_close(out["factual_concepts"][0], model.denormalise(model.encode(x).mean(-1)))
+    assert_close(out["factual_concepts"][0], model.denormalise(model.encode(x)))
+    assert_close(out["factual_images"][0], model.reconstruct(x))
+
+
+def test_labels_are_held_in_the_abduction(model):
+    x = images()
+    u = torch.full((5, 4), float("nan"))
+    u[:, 1] = torch.linspace(-0.5, 0.5, 5)  # b's labels, natural units (loc 0, scale 1)
+    out = model.counterfactual(x, u=u, do={"a": 11.0})
+    assert_close(out["factual_concepts"][0][:, 1], u[:, 1])
+    enc = model.denormalise(model.encode(x))
+    assert_close(out["factual_concepts"][0][:, [0, 2, 3]], enc[:, [0, 2, 3]])
 
 
 def test_counterfactual_equals_the_handler_composition_written_by_hand(model):
     x = images()
     do = {"b": torch.tensor(0.3)}
     out = model.counterfactual(x, do=do, units="normalised")
-    guide_trace = poutine.trace(posterior_mean(model.guide)).get_trace(x)
-    cf = poutine.trace(poutine.replay(poutine.do(model.model, data=do), trace=guide_trace)).get_trace(x)
-    assert_close(out["images"][0], cf.nodes["x"]["fn"].mean)
-    assert_close(out["concepts"][0], cf.nodes["_RETURN"]["value"].mean(-1))
+    config = {c: TransformReparam() for c in CONCEPTS}
+    guide_trace = poutine.trace(posterior_mean(model.guide)).get_trace(x)  # abduction: q(c, style | x) ...
+    factual = poutine.trace(poutine.reparam(poutine.replay(model.model, trace=guide_trace), config=config)
+                            ).get_trace(None, None, 5)  # ... and each concept's noise "<c>_base"
+    noise = {n: s["value"] for n, s in factual.nodes.items() if n.endswith("_base") or n == "style"}
+    intervened = poutine.reparam(poutine.do(model.model, data=do), config=config)  # action
+    cf = poutine.trace(poutine.condition(intervened, data=noise)).get_trace(None, None, 5)  # prediction
+    # equal to float rounding (the library holds non-descendants at their factual value exactly)
+    assert_close(out["images"][0], cf.nodes["x"]["value"], rtol=0, atol=1e-4)
+    assert_close(out["concepts"][0], cf.nodes["_RETURN"]["value"], rtol=0, atol=1e-5)
 
 
 def test_sampled_abduction_and_several_concepts(model):

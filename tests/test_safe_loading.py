@@ -52,7 +52,7 @@ def tiny_dataset(n=8, size=16, seed=0):
 
 def tiny_model(ds=None, graph=GRAPH, size=16):
     kw = {} if ds is None else dict(label_loc=ds.label_loc, label_scale=ds.label_scale)
-    return CausalVAE(CONCEPTS, (3, size, size), concept_dim=2, graph=graph, channels=8, hidden=16, mechanism_hidden=8, **kw)
+    return CausalVAE(CONCEPTS, (3, size, size), style_dim=2, graph=graph, channels=8, hidden=16, mechanism_hidden=8, **kw)
 
 
 def make_run(root: Path, name: str = "run") -> Path:
@@ -201,9 +201,9 @@ def test_checkpoint_of_the_wrong_structure_is_a_clear_value_error(run, state, ca
 
 
 def test_checkpoint_that_does_not_match_config_is_one_clear_line(run, capsys):
-    """config.json says concept_dim=3 but the checkpoint holds concept_dim=2 weights."""
+    """config.json says style_dim=3 but the checkpoint holds style_dim=2 weights."""
     cfg = json.loads((run / ckpt.CONFIG).read_text())
-    cfg["model"]["concept_dim"] = 3
+    cfg["model"]["style_dim"] = 3
     (run / ckpt.CONFIG).write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"checkpoint-\d+\.pt"):
         load_model(run)
@@ -289,14 +289,14 @@ BAD_CONFIGS = [
     ("graph-spec-lacks-keys", _model(graph_spec={"known": None}), "graph_spec must be an object"),
     ("graph-spec-unknown-node", _model(graph_spec={"known": [["a", "zz"]], "required": [], "forbidden": []}), "'zz'.*not a concept"),
     ("graph-spec-cycle", _model(graph_spec={"known": [["a", "b"], ["b", "a"]], "required": [], "forbidden": []}), "cycle"),
-    ("concept-dim-string", _model(concept_dim="2"), "concept_dim must be a positive integer, got '2'"),
-    ("concept-dim-float", _model(concept_dim=2.5), "concept_dim must be a positive integer"),
+    ("style-dim-string", _model(style_dim="2"), "style_dim must be a non-negative integer, got '2'"),
+    ("style-dim-float", _model(style_dim=2.5), "style_dim must be a non-negative integer"),
     ("image-shape-string", _model(image_shape="abc"), "image_shape must be"),
     ("image-shape-null", _model(image_shape=None), "image_shape must be"),
     ("label-loc-string", _model(label_loc="abc"), "label_loc must be 3 numbers"),
     ("label-loc-short", _model(label_loc=[0.0]), r"label_loc must have shape \[3\]"),
     ("label-scale-zero", _model(label_scale=[1.0, 0.0, 1.0]), "label_scale must be positive"),
-    ("pixel-scale-nan", lambda cfg: json.dumps(cfg).replace('"pixel_scale": 0.1', '"pixel_scale": NaN'), "not plain JSON|pixel_scale"),
+    ("pixel-scale-nan", lambda cfg: json.dumps(cfg).replace('"pixel_scale": "learned"', '"pixel_scale": NaN'), "not plain JSON|pixel_scale"),
     ("concepts-not-names", _model(concepts=[1, 2, 3]), "concept names must be non-empty strings"),
 ]
 

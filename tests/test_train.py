@@ -25,7 +25,7 @@ def test_fit_returns_history_with_every_term_and_is_deterministic():
         hist = fit(model, ds, epochs=2, batch_size=16, seed=3, al_every=2, progress=False)
         runs.append(params(model))
     assert len(hist) == 2
-    for term in ("recon", "kl", "labels", "dag", "label_loss", "mask_loss", "sparsity", "loss", "h"):
+    for term in ("recon", "kl", "labels", "encoder", "label_loss", "dag", "sparsity", "path", "loss", "h"):
         assert all(isinstance(v, float) for v in hist[term])
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
@@ -60,7 +60,8 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     for k, v in params(full).items():
         assert_close(params(resumed)[k], v, msg=k)
     assert resumed.order == full.order
-    assert [p.name for p in ckpt.checkpoints(tmp_path / "part")] == ["checkpoint-00000003.pt", "checkpoint-00000006.pt", "checkpoint-00000009.pt"]
+    # the default cadence (at most one a minute, always after the last step): these short runs write at their ends
+    assert [p.name for p in ckpt.checkpoints(tmp_path / "part")] == ["checkpoint-00000003.pt", "checkpoint-00000009.pt"]
     cfg = json.loads((tmp_path / "part" / "config.json").read_text())
     assert cfg["model"]["concepts"] == list(CONCEPTS)
     loaded = load_model(tmp_path / "part")
@@ -69,7 +70,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 def test_keep_last_and_refuse_to_overwrite(tmp_path):
     ds = tiny_dataset()
-    fit(tiny_model(), ds, epochs=3, batch_size=16, progress=False, out_dir=tmp_path, keep_last=2)
+    fit(tiny_model(), ds, epochs=3, batch_size=16, progress=False, out_dir=tmp_path, keep_last=2, checkpoint_every=3)
     assert [p.name for p in ckpt.checkpoints(tmp_path)] == ["checkpoint-00000006.pt", "checkpoint-00000009.pt"]
     with pytest.raises(ValueError, match="already holds checkpoints"):
         fit(tiny_model(), ds, epochs=1, progress=False, out_dir=tmp_path)
@@ -111,10 +112,9 @@ class Raw:
         (Raw(torch.zeros(4, 1, 16, 16, dtype=torch.uint8), torch.zeros(4, 3)), "model expects"),
         (Raw(torch.full((4, 3, 16, 16), float("nan")), torch.zeros(4, 3)), "images has non-finite"),
         (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.zeros(4, 2)), r"labels have shape \[4, 2\]"),
-        (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.tensor([[0.0, float("inf"), 0.0]] * 4)),
-         r"labels of concept 'b' \(column 1\) are not finite: inf in row 0 .*inf is refused"),
+        (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.tensor([[0.0, float("inf"), 0.0]] * 4)), "labels hold inf"),
         (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.tensor([[0.0, float("nan"), 0.0]] * 4)),
-         r"labels of concept 'b' \(column 1\) are all missing \(NaN in all 4 rows\)"),
+         r"concept\(s\) \['b'\] have no label at all"),
         (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.zeros(4, 3), ("a", "b", "zz")), r"unknown to the model: \['zz'\]"),
     ],
 )
@@ -144,8 +144,8 @@ def test_bad_settings(kw, match, monkeypatch):
 
 
 def test_loss_weights_are_validated():
-    with pytest.raises(ValueError, match="mask_loss"):
-        LossWeights(mask_loss=-1)
+    with pytest.raises(ValueError, match="encoder"):
+        LossWeights(encoder=-1)
 
 
 def test_unlabelled_dataset_trains():
@@ -160,7 +160,7 @@ def test_cli_train_writes_run_and_figures(tmp_path, capsys):
     folder = ds.to_folder(tmp_path / "data")
     out = tmp_path / "run"
     code = main(["train", "--dataset", "folder", "--root", str(folder), "--labels", str(folder / "labels.csv"),
-                 "--epochs", "1", "--batch-size", "16", "--concept-dim", "2",
+                 "--epochs", "1", "--batch-size", "16", "--style-dim", "2",
                  "--graph", "a->b,b->c", "--out", str(out), "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0, text
@@ -202,7 +202,7 @@ def test_cli_train_celeba_on_a_fake_folder(tmp_path, capsys):
     write_fake_celeba(root)
     out = tmp_path / "run"
     code = main(["train", "--dataset", "celeba", "--root", str(root), "--subset", "smile", "--size", "16",
-                 "--epochs", "1", "--batch-size", "4", "--concept-dim", "1", "--graph", "true", "--out", str(out), "--no-progress"])
+                 "--epochs", "1", "--batch-size", "4", "--style-dim", "1", "--graph", "true", "--out", str(out), "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "Smiling->Narrow_Eyes" in text and "SHD 0" in text
@@ -213,7 +213,7 @@ def test_cli_intervene_and_counterfactual_on_a_trained_run(tmp_path, capsys):
     folder = ds.to_folder(tmp_path / "data")
     run = tmp_path / "run"
     assert main(["train", "--dataset", "folder", "--root", str(folder), "--labels", str(folder / "labels.csv"), "--epochs", "1",
-                 "--batch-size", "16", "--concept-dim", "2", "--graph", "a->b,b->c", "--out", str(run), "--no-progress",
+                 "--batch-size", "16", "--style-dim", "2", "--graph", "a->b,b->c", "--out", str(run), "--no-progress",
                  "--test-fraction", "0.25"]) == 0  # 8 held-out images
     assert main(["intervene", str(run), "--concept", "a", "--concept", "c", "--sweep", "3"]) == 0
     assert (run / "intervention_grid.png").stat().st_size > 1000
@@ -259,8 +259,10 @@ def test_fit_prunes_redundant_edges_after_the_last_epoch_and_records_them(tmp_pa
     torch.manual_seed(0)
     model = tiny_model()
     hist = fit(model, ds, epochs=1, batch_size=16, progress=False, out_dir=tmp_path, warm_start_steps=50)
-    # Independent random labels: every learned edge is redundant (with this seed the graph had a->c, pruned).
-    assert [r["edge"] for r in hist.pruned] == [["a", "c"]]
+    # The label graph stage now selects parents with the same regressions the pruning uses, so on these
+    # 64 rows nothing may be left to prune; what is pruned must be consistent (pruning of a known redundant
+    # edge: tests/test_discovery.py::test_redundant_edges_drops_a_parent_that_adds_nothing_beyond_the_others).
+    assert hist.pruned is not None
     for r in hist.pruned:
         assert tuple(r["edge"]) not in set(model.graph().edges()) and r["gain"] < 0.01
     assert load_model(tmp_path).pruned == model.pruned

@@ -20,7 +20,7 @@ def tiny_dataset(n=48, size=16, seed=0):
 
 
 def tiny_model(graph="learn", size=16):
-    return CausalVAE(CONCEPTS, (3, size, size), concept_dim=2, graph=graph, channels=8, hidden=16, mechanism_hidden=8)
+    return CausalVAE(CONCEPTS, (3, size, size), style_dim=2, graph=graph, channels=8, hidden=16, mechanism_hidden=8)
 
 
 def params(model):

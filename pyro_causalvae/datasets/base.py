@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .._validation import (GraphLike, check_concepts, check_finite, check_graph, check_partial_labels, check_real_vector,
-                           check_scale)
+from .._validation import GraphLike, check_concepts, check_finite, check_graph, check_real_vector, check_scale
 from ..progress import log as _log
 from ..progress import phase
 from . import io as _io
@@ -63,10 +62,11 @@ class ConceptImageDataset(Dataset):
         - a floating tensor / numpy array ``[N, C, H, W]`` with values in ``[0, 1]``
           (stored as ``uint8`` via ``round(x * 255)``);
         - a path to a folder of image files (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``, ``.tiff``,
-          ``.webp``; names starting with ``.`` are skipped). Rows follow the sorted file names, unless
-          ``labels`` is a CSV file with an image column (``file``, ``filename``, ``path``, ``image``...,
-          any case, or ``image_column``), which then maps each row to its file: a path relative to this
-          folder or to the CSV's folder, or absolute (files not listed are ignored);
+          ``.webp``; names starting with ``.`` are skipped; only those formats are decoded, whatever the
+          name, see :func:`~pyro_causalvae.datasets.io.open_image`). Rows follow the sorted file names,
+          unless ``labels`` is a CSV file with an image column (``file``, ``filename``, ``path``,
+          ``image``..., any case, or ``image_column``), which then maps each row to its file: a path
+          relative to this folder or to the CSV's folder (files not listed are ignored);
         - ``None`` with a CSV whose image column names the files (relative to the CSV's folder).
 
         Images are converted to RGB unless all are grayscale (an alpha channel is dropped). ``C`` must be
@@ -90,6 +90,8 @@ class ConceptImageDataset(Dataset):
         ``None``; :func:`~pyro_causalvae.fit` then feeds it through a DataLoader with workers); ``None``
         (default) streams when the decoded images would take more than :data:`RESIDENT_LIMIT_BYTES`.
     :param progress: show progress bars while checking headers and decoding.
+    :param follow_symlinks: for a folder, accept image files outside it: symbolic links to places outside
+        it, absolute names and ``../`` names in the CSV (all refused by default).
 
     Items: ``dataset[i]`` is ``(image, label)`` with ``image`` a float32 tensor ``[C, H, W]`` in ``[0, 1]``
     and ``label`` the *normalised* float32 labels ``[K]`` (NaN where missing). For an unlabelled dataset
@@ -122,6 +124,7 @@ class ConceptImageDataset(Dataset):
         image_column: str | None = None,
         stream: bool | None = None,
         progress: bool = False,
+        follow_symlinks: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -155,7 +158,7 @@ class ConceptImageDataset(Dataset):
             label_t = None
         k = len(concepts)
         if label_t is not None:
-            check_partial_labels(label_t, concepts)
+            _check_label_columns(label_t, concepts)
 
         checked_graph = check_graph(graph, concepts)
         loc, scale = _normalisation(label_t, k, concepts, label_loc, label_scale)
@@ -165,7 +168,7 @@ class ConceptImageDataset(Dataset):
         filenames = table.filenames if table is not None else None
         if _is_path(images) or (images is None and filenames is not None):
             csv_dir = table.path.parent if table is not None and table.path is not None else None
-            files = _io.list_image_files(images, filenames, csv_dir=csv_dir)
+            files = _io.list_image_files(images, filenames, follow_symlinks, csv_dir=csv_dir)
             if label_t is not None and label_t.shape[0] != len(files):
                 raise ValueError(
                     f"labels have {label_t.shape[0]} rows but the folder {os.fspath(images)!r} holds "
@@ -469,9 +472,7 @@ def _normalisation(labels: torch.Tensor | None, k: int, concepts: Sequence[str],
     """``(loc [K], scale [K])``: given, or from the range of the labels present (NaN ignored)."""
     present = labels is not None and labels.shape[0] > 0
     if present:
-        observed = ~torch.isnan(labels)
-        lo = torch.where(observed, labels, torch.inf).amin(0)
-        hi = torch.where(observed, labels, -torch.inf).amax(0)
+        lo, hi = _nan_range(labels)
     if label_loc is not None:
         loc = _as_vector(label_loc, k, "label_loc")
     elif present:
@@ -494,9 +495,30 @@ def _normalisation(labels: torch.Tensor | None, k: int, concepts: Sequence[str],
     return loc, scale
 
 
+def _nan_range(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column min and max of ``[N, K]`` labels, ignoring NaN (missing labels)."""
+    nan = torch.isnan(labels)
+    return (labels.masked_fill(nan, float("inf")).amin(0), labels.masked_fill(nan, float("-inf")).amax(0))
+
+
+def _check_label_columns(labels: torch.Tensor, concepts: Sequence[str]) -> None:
+    """NaN is a missing label; +-inf is refused, and so is a column with no label at all."""
+    bad = torch.isinf(labels)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"labels of concept {concepts[col]!r} (column {col}) are not finite: {float(labels[row, col])} "
+            f"in row {row} ({int(bad[:, col].sum())} bad entries in that column; NaN marks a missing label)"
+        )
+    if labels.shape[0]:
+        empty = [c for c, e in zip(concepts, torch.isnan(labels).all(0).tolist()) if e]
+        if empty:
+            raise ValueError(f"concept(s) {empty} have no label at all (every entry NaN); leave them out or label some images")
+
+
 def _check_normalised(labels: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, concepts: Sequence[str]) -> None:
     """Raise ``ValueError`` if ``(labels - loc) / scale`` overflows float32 (the model would see inf)."""
-    bad = ~torch.isfinite((labels - loc) / scale) & ~torch.isnan(labels)
+    bad = torch.isinf((labels - loc) / scale)
     if bad.any():
         row, col = (int(i) for i in bad.nonzero()[0])
         raise ValueError(

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torchvision.transforms import v2
 
 from .._validation import check_concepts, check_graph
 from .base import ConceptImageDataset
+from .io import open_image
 
 __all__ = ["CelebA", "CELEBA_ATTRIBUTES", "CELEBA_SUBSETS"]
 
@@ -279,7 +280,7 @@ class CelebA(ConceptImageDataset):
         if not path.is_file():
             raise FileNotFoundError(f"CelebA image missing: {os.fspath(path)!r}")
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 arr = np.array(im.convert("RGB"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot decode CelebA image {os.fspath(path)!r}: {err}") from err

@@ -1,9 +1,16 @@
 """Reading image files; atomic saving and safe loading of datasets.
 
-- :func:`list_image_files` -- the image files of a folder, or those a CSV's image column names.
-- :func:`check_image_files` -- every file's header (existence, format, size, channels) checked before
-  anything is decoded; :func:`decode_image`, :func:`read_images` -- decoding to uint8 tensors.
 - :func:`read_labels_csv` -- label CSV files (:mod:`pyro_causalvae.datasets.table`, re-exported here).
+- :func:`open_image` -- the one place where an image file is opened: only PNG, JPEG, BMP, TIFF and WebP
+  are decoded (Pillow picks a decoder from the content, so without this a ``.png`` holding PostScript
+  would be handed to Ghostscript), and a file that declares more than :data:`MAX_IMAGE_PIXELS` pixels is
+  refused before it is decoded.
+- :func:`list_image_files` -- the image files of a folder, or those a CSV's image column names (paths
+  leaving the folder, and symbolic links to places outside it, refused unless followed).
+- :func:`check_image_files` -- every file's header (existence, format, size, channels) checked before
+  anything is decoded; one line names the first problem and how many rows share it.
+- :func:`decode_image`, :func:`read_images` -- decoding to uint8 tensors (the decoded size of a whole
+  folder checked against the memory budget first).
 - :func:`save_npz` / :func:`load_npz` -- one ``.npz`` file, written atomically (temporary file, fsync,
   ``os.replace``) and read with ``allow_pickle=False`` (a file that would need unpickling is refused).
 - :func:`export_folder` / :func:`import_folder` -- PNG files + ``labels.csv`` + ``graph.json`` +
@@ -30,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .._limits import check_memory, fmt_bytes
 from .table import LabelTable, _existing_file, read_labels_csv
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,6 +45,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
+    "MAX_IMAGE_PIXELS",
+    "open_image",
     "FORMAT",
     "FORMAT_VERSION",
     "LabelTable",
@@ -54,6 +65,10 @@ __all__ = [
 
 #: File name endings (lower case) that :func:`list_image_files` picks up in a folder.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: The only Pillow formats :func:`open_image` decodes (whatever a file's name says).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+#: Most pixels (width x height) one image file may declare (8192 x 8192); larger ones are refused unread.
+MAX_IMAGE_PIXELS = 8192 * 8192
 #: ``format`` field of the metadata in files written by :func:`save_npz`.
 FORMAT = "pyro_causalvae.ConceptImageDataset"
 #: Version of the ``.npz`` layout written by :func:`save_npz`; :func:`load_npz` reads only this one.
@@ -76,19 +91,64 @@ _UMASK = _umask()
 
 
 # ----------------------------------------------------------------------------------------------------
-# image folders: listing, the header pre-check, decoding
+# image folders
 # ----------------------------------------------------------------------------------------------------
-def list_image_files(folder, filenames=None, *, csv_dir=None) -> list[Path]:
+def open_image(path) -> Image.Image:
+    """Open one image file for reading: the one function of this package that calls ``Image.open``.
+
+    Only the formats of :data:`IMAGE_FORMATS` are tried (``Image.open(..., formats=IMAGE_FORMATS)``): a
+    file whose content is another format (e.g. PostScript, which Pillow would hand to Ghostscript) is
+    refused, whatever its name. Only the header is read here; the caller decodes (``im.convert``...) and
+    closes it (use ``with open_image(path) as im:``).
+
+    :raises ValueError: for a missing or unreadable file, another format, or more than
+        :data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb: refused before decoding); the file is named.
+    """
+    f = Path(os.fspath(path))
+    try:
+        im = Image.open(f, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image file {os.fspath(f)!r} is refused as a decompression bomb: {err}") from err
+    except UnidentifiedImageError as err:
+        raise ValueError(f"cannot read image file {os.fspath(f)!r}: it is not a {', '.join(IMAGE_FORMATS[:-1])} or "
+                         f"{IMAGE_FORMATS[-1]} image (the formats read)") from err
+    except OSError as err:
+        raise _open_error(f, err) from err
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        im.close()
+        raise ValueError(f"image file {os.fspath(f)!r} declares {w}x{h} pixels, more than the limit of "
+                         f"{MAX_IMAGE_PIXELS} pixels per image (a decompression bomb, or an image to shrink first)")
+    return im
+
+
+def _refuse_links_out(root: Path, files: list[Path], follow_symlinks: bool) -> None:
+    """Refuse files that resolve (through symbolic links) to a place outside ``root``."""
+    if follow_symlinks:
+        return
+    top = root.resolve()
+    for f in files:
+        real = f.resolve()
+        if not real.is_relative_to(top):
+            raise ValueError(f"image file {os.fspath(f)!r} is a symbolic link to {os.fspath(real)!r}, outside the image "
+                             f"folder {os.fspath(root)!r}; pass follow_symlinks=True (--follow-symlinks) to read it")
+
+
+def list_image_files(folder, filenames=None, follow_symlinks: bool = False, *, csv_dir=None) -> list[Path]:
     """The image files of a dataset, in row order (existence is checked by :func:`check_image_files`).
 
     :param folder: the image folder, or ``None`` when ``filenames`` are given relative to ``csv_dir``.
-    :param filenames: names giving the row order, e.g. a CSV's image column: absolute paths, or paths
-        relative to ``folder`` or to ``csv_dir`` (the folder of the CSV file). The first of the two under
-        which the first listed file exists is used for every row (``folder`` when neither). Default:
-        every file of ``folder`` whose name ends in one of :data:`IMAGE_EXTENSIONS` (any case) and does
-        not start with ``.``, sorted by name; sub-folders are not searched.
+    :param filenames: names giving the row order, e.g. a CSV's image column: paths relative to ``folder``
+        or to ``csv_dir`` (the folder of the CSV file); the first of the two under which the first listed
+        file exists is the base of every row (``folder`` when neither). Default: every file of ``folder``
+        whose name ends in one of :data:`IMAGE_EXTENSIONS` (any case) and does not start with ``.``,
+        sorted by name; sub-folders are not searched.
+    :param follow_symlinks: accept files outside the base folder: names (absolute, or with ``..``) and
+        symbolic links that lead outside it (all refused by default). Without ``folder``, absolute names in
+        ``filenames`` are accepted as they are (a spreadsheet that lists its files by absolute path).
     :raises FileNotFoundError: if ``folder`` does not exist.
-    :raises ValueError: if it is not a folder or holds no images.
+    :raises ValueError: if it is not a folder or holds no images, or a name or a symbolic link leads
+        outside the base folder (without ``follow_symlinks``).
     """
     root = None if folder is None else Path(os.fspath(folder)).expanduser()
     if root is not None:
@@ -108,21 +168,25 @@ def list_image_files(folder, filenames=None, *, csv_dir=None) -> list[Path]:
             raise ValueError(
                 f"no images in folder {os.fspath(root)!r}: expected files ending in {list(IMAGE_EXTENSIONS)}"
             )
+        _refuse_links_out(root, files, follow_symlinks)
         return files
     names = list(filenames)
-    if not names:
-        raise ValueError(f"no images listed for folder {os.fspath(root)!r}")
     bases = [b for b in (root, None if csv_dir is None else Path(os.fspath(csv_dir))) if b is not None]
-    if not bases:
-        raise ValueError("relative image file names need the image folder or the CSV's folder")
-    first = Path(names[0])
-    base = next((b for b in bases if (b / first).exists()), bases[0])
-    return [Path(n) if Path(n).is_absolute() else base / n for n in names]
-
-
-def _open_image(path) -> Image.Image:
-    """Open an image file lazily (header only, nothing decoded): the one place image files are opened."""
-    return Image.open(path)
+    if not names or not bases:
+        raise ValueError("no images listed" if not names else "relative image file names need the image folder or the CSV's folder")
+    base = next((b for b in bases if (b / names[0]).exists()), bases[0])
+    files = [Path(n) if Path(n).is_absolute() else base / n for n in names]
+    if not follow_symlinks:
+        top = base.resolve()
+        for r, (name, f) in enumerate(zip(names, files)):
+            if root is None and Path(name).is_absolute():
+                continue  # a spreadsheet that names every file by its absolute path, with no image folder given
+            lexical = Path(os.path.normpath(f.absolute()))  # ".." resolved by name; links are checked below
+            if not (lexical.is_relative_to(top) or lexical.is_relative_to(os.path.normpath(base.absolute()))):
+                raise ValueError(f"image file name {name!r} (row {r}) leads outside the image folder {os.fspath(base)!r}; "
+                                 "pass follow_symlinks=True (--follow-symlinks) to read files outside it")
+        _refuse_links_out(base, [f for n, f in zip(names, files) if not (root is None and Path(n).is_absolute())], False)
+    return files
 
 
 @dataclass(frozen=True)
@@ -147,7 +211,7 @@ class ImageHeader:
 _PROBLEMS = {
     "missing": "image files do not exist",
     "folder": "image paths are folders",
-    "unreadable": "files are not readable images",
+    "unreadable": "files are unreadable or refused",
     "depth": "images have 16-bit or float pixels",
     "size": "images have another size",
 }
@@ -175,16 +239,19 @@ def check_image_files(files, *, progress: bool = False) -> ImageHeader:
     problems: list[tuple[int, str, str]] = []  # (row, kind, message)
     for r, f in enumerate(tqdm(files, desc="image headers", unit="file", disable=not progress, leave=False)):
         size = None
-        try:
-            with _open_image(f) as im:
-                size, mode = im.size, im.mode
-        except FileNotFoundError:
+        if not f.exists():
             problems.append((r, "missing", f"cannot read image file {os.fspath(f)!r} (row {r}): it does not exist"))
-        except IsADirectoryError:
+        elif f.is_dir():
             problems.append((r, "folder", f"image path {os.fspath(f)!r} (row {r}) is a folder, not a file"))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            problems.append((r, "unreadable", f"cannot read image file {os.fspath(f)!r} (row {r}): {err}"))
         else:
+            try:
+                with open_image(f) as im:
+                    size, mode = im.size, im.mode
+            except ValueError as err:  # open_image's one line: format, decompression bomb, unreadable
+                name = repr(os.fspath(f))  # the row goes right after the file's name
+                problems.append((r, "unreadable", str(err).replace(name, f"{name} (row {r})", 1)))
+                sizes.append(None)
+                continue
             if mode in _UNSUPPORTED_MODES:
                 problems.append((r, "depth", f"image file {os.fspath(f)!r} (row {r}) has mode {mode!r} (16-bit or "
                                              "float); only 8-bit images are supported"))
@@ -225,9 +292,9 @@ def decode_image(path, header: ImageHeader) -> torch.Tensor:
     """
     f = Path(path)
     try:
-        with _open_image(f) as im:
+        with open_image(f) as im:
             arr = np.array(im.convert(header.mode), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise _open_error(f, err) from err
     if arr.shape[:2] != (header.height, header.width):
         raise ValueError(f"image file {os.fspath(f)!r} is {arr.shape[1]}x{arr.shape[0]} (WxH) but the dataset's images "
@@ -244,17 +311,21 @@ def _open_error(f: Path, err: Exception) -> ValueError:
 def read_images(files, *, progress: bool = False, header: ImageHeader | None = None) -> torch.Tensor:
     """Decode image files of one size into a uint8 tensor ``[N, C, H, W]``.
 
-    All headers are checked first (:func:`check_image_files`, unless ``header`` is given); then the images
-    are decoded. ``C`` is 1 if every image is grayscale (PIL mode ``1``, ``L`` or ``LA``), else 3
-    (converted to RGB; alpha dropped).
+    All headers are checked first (:func:`check_image_files`, unless ``header`` is given), and the memory
+    the decoded tensor needs; then the images are decoded. ``C`` is 1 if every image is grayscale (PIL
+    mode ``1``, ``L`` or ``LA``), else 3 (converted to RGB; alpha dropped).
 
     :param progress: show a progress bar while decoding.
-    :raises ValueError: for missing or unreadable files, 16-bit / float images, or mixed sizes.
+    :raises ValueError: for missing or unreadable files or another format than :data:`IMAGE_FORMATS`, an
+        image of more than :data:`MAX_IMAGE_PIXELS` pixels, 16-bit / float images, mixed sizes, or images
+        whose decoded tensor would not fit in the memory budget (:func:`pyro_causalvae._limits.memory_budget`).
     """
     from tqdm.auto import tqdm
 
     files = [Path(f) for f in files]
     header = header if header is not None else check_image_files(files, progress=progress)
+    c, h, w = header.shape
+    check_memory(len(files) * c * h * w, f"decoding {len(files)} images of {w}x{h} pixels ({c} channel(s), uint8)")
     out = torch.empty((len(files), *header.shape), dtype=torch.uint8)
     for i, f in enumerate(tqdm(files, desc="decoding", unit="image", disable=not progress, leave=False)):
         out[i] = decode_image(f, header)
@@ -342,6 +413,36 @@ def _is_pickle_error(err: Exception) -> bool:
     return "pickle" in str(err).lower()
 
 
+def _check_npz_sizes(npz, where: str) -> None:
+    """Read each member's ``.npy`` header (not its data) and refuse, before anything is allocated, an array
+    whose header declares more bytes than the member holds, or arrays that would not fit in memory."""
+    total = packed = 0
+    for key in npz.files:
+        member = key if key in npz.zip.namelist() else f"{key}.npy"
+        info = npz.zip.getinfo(member)
+        try:
+            with npz.zip.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:  # (3, 0): a UTF-8 header, read by numpy's own (private) reader
+                    shape, _, dtype = np.lib.format._read_array_header(f, version)
+                offset = f.tell()
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{where}: cannot read the header of array {key!r}: {err}") from err
+        if dtype.hasobject:
+            continue  # refused as pickled data when read
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if nbytes > info.file_size - offset:
+            raise ValueError(f"{where}: array {key!r} declares shape {list(shape)} ({fmt_bytes(nbytes)}) but the file "
+                             f"holds {fmt_bytes(max(info.file_size - offset, 0))} for it (truncated or forged)")
+        total += nbytes
+        packed += info.compress_size
+    check_memory(total, f"{where}: loading its arrays ({fmt_bytes(packed)} in the file)")
+
+
 def load_npz(path) -> ConceptImageDataset:
     """Read a file written by :func:`save_npz` with ``allow_pickle=False``; see :meth:`ConceptImageDataset.load`."""
     from .base import ConceptImageDataset
@@ -373,6 +474,7 @@ def load_npz(path) -> ConceptImageDataset:
                 f"{where} is not a ConceptImageDataset file: missing keys {missing}, unexpected keys {extra} "
                 f"(expected {sorted(_NPZ_REQUIRED)} and optionally {sorted(_NPZ_OPTIONAL)})"
             )
+        _check_npz_sizes(npz, where)
         arrays = {}
         for key in sorted(keys):
             try:

@@ -108,6 +108,13 @@ class PendulumSCM(SCM):
                 f"got {float(phi[k])} at row {k}"
             )
 
+    def readable(self, labels: torch.Tensor) -> torch.Tensor:
+        """Rows whose whole shadow lies inside the scene's ``x`` range ``[0, 20]``: a shadow that runs
+        off the image edge hides its length and position. ``[n, 4]`` -> bool ``[n]``."""
+        x = self._check_labels(labels)
+        half = x[:, 2].abs() / 2
+        return (x[:, 3] - half >= self.xlim[0]) & (x[:, 3] + half <= self.xlim[1])
+
     def _shadow_ends(self, theta: torch.Tensor, phi: torch.Tensor):
         p0 = _proj(
             torch.full_like(theta, PIVOT[0]), torch.full_like(theta, PIVOT[1]), GROUND_Y, phi

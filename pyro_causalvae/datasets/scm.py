@@ -342,6 +342,19 @@ class SCM:
         return z * self.label_scale + self.label_loc
 
     # ------------------------------------------------------------------ rendering
+    def readable(self, labels: torch.Tensor) -> torch.Tensor:
+        """Which label rows render to images from which every concept can be read back.
+
+        The renderer draws any combination of concept values, but a scene can hide a concept (e.g.
+        Pendulum's shadow running off the image edge). Judges of counterfactual images are trained
+        and scored on readable scenes only. The base class calls every row readable.
+
+        :param labels: labels in natural units, of shape ``[n, K]``.
+        :returns: a bool tensor of shape ``[n]``.
+        """
+        x = self._check_labels(labels)
+        return torch.ones(x.shape[0], dtype=torch.bool)
+
     def _draw(self, labels: torch.Tensor, size: int, jitter: torch.Tensor | None) -> torch.Tensor:
         """Subclass hook: draw labels [c, K] as float images [c, 3, size, size] in [0, 1]."""
         raise NotImplementedError

@@ -105,14 +105,17 @@ def _delimiter(first_line: str) -> str:
     return next(d for d in (",", ";", "\t") if counts[d] == best) if best else ","
 
 
-def _rows(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+def _rows(text: str, delimiter: str, where: str) -> list[tuple[int, list[str]]]:
     """``(line number, stripped cells)`` of the non-blank rows."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     out = []
-    for row in reader:
-        cells = [c.strip() for c in row]
-        if any(cells):
-            out.append((reader.line_num, cells))
+    try:
+        for row in reader:
+            cells = [c.strip() for c in row]
+            if any(cells):
+                out.append((reader.line_num, cells))
+    except csv.Error as err:  # e.g. a cell longer than csv.field_size_limit()
+        raise ValueError(f"{where}: line {reader.line_num}: {err}") from err
     return out
 
 
@@ -179,7 +182,7 @@ def read_labels_csv(path, concepts: Sequence[str] | None = None, *, image_column
     if first is None:
         raise ValueError(f"{where} is empty: expected a header naming the concepts")
     delim = _delimiter(first)
-    rows = _rows(text, delim)
+    rows = _rows(text, delim, where)
     header = rows[0][1]
     data = rows[1:]
     if any(not h for h in header):

@@ -3,15 +3,17 @@
 For a batch of factual images and one intervention ``do(c = v)``, with labels read off images by an
 independent judge (:mod:`pyro_causalvae.metrics.judge`), all in normalised label units:
 
+- ``effectiveness``: the judge's reading of ``c`` on the counterfactuals against ``v``, its mean
+  absolute error and slope (:func:`~pyro_causalvae.metrics.effectiveness.effectiveness`);
 - ``achieved``: the change the model's counterfactual makes on ``c`` relative to the intended change,
-  the least-squares slope of ``judge(cf)[c] - judge(x)[c]`` on ``v - u[c]`` (1 is perfect, 0 is no
-  movement), and ``target_error`` ``mean |judge(cf)[c] - v|``;
+  the least-squares slope (through 0) of ``judge(cf)[c] - judge(x)[c]`` on ``v - u[c]`` (1 is perfect,
+  0 is no movement);
 - for each descendant ``k`` of ``c``: ``r2`` of ``judge(cf)[k]`` against the true counterfactual label
   (the simulator's structural equations with the abducted noise), and its mean absolute error;
-- ``leakage``: ``mean |judge(cf)[k] - judge(x)[k]|`` over non-descendants ``k`` (0 is perfect: they
-  must not move);
-- pixel errors: mean squared error of the counterfactual image against the true counterfactual image,
-  next to the plain reconstruction error of the factual image.
+- ``leakage`` (minimality): ``mean |judge(cf)[k] - judge(x)[k]|`` for each non-descendant ``k`` (0 is
+  perfect: they must not move);
+- pixel errors: the counterfactual image against the true counterfactual image, next to the error of
+  returning the unchanged image and to the plain reconstruction error of the factual image.
 """
 
 from __future__ import annotations
@@ -21,16 +23,9 @@ from collections.abc import Sequence
 import networkx as nx
 import numpy as np
 
-
-def _finite(a, name: str) -> np.ndarray:
-    """``a`` as a float array, or ``ValueError`` for non-numeric or non-finite values (named)."""
-    try:
-        arr = np.asarray(a, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be numeric: {err}") from None
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf values")
-    return arr
+from ._arrays import finite as _finite
+from ._arrays import same_shape
+from .effectiveness import effectiveness
 
 
 def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -57,7 +52,8 @@ def intervention_scores(
     :param do_value: ``[n]`` intended values (normalised units).
     :param factual_labels: ``[n, K]`` the true factual labels (normalised units).
     :param true_cf_labels: ``[n, K]`` the simulator's counterfactual labels.
-    :param judged_factual: ``[n, K]`` the judge's reading of the model's reconstructions.
+    :param judged_factual: ``[n, K]`` the judge's reading of the model's reconstructions (the
+        reference for ``achieved`` and ``leakage``).
     :param judged_cf: ``[n, K]`` the judge's reading of the model's counterfactual images.
     :raises ValueError: for an unknown target, a graph over other nodes, arrays of the wrong shape, or
         NaN / inf values (named).
@@ -86,8 +82,8 @@ def intervention_scores(
     denom = float(np.sum(intended**2))
     out = {
         "target": target,
+        "effectiveness": effectiveness(v, j_cf[:, t]),
         "achieved": float(np.sum(moved * intended)) / denom if denom > 1e-12 else float("nan"),
-        "target_error": float(np.mean(np.abs(j_cf[:, t] - v))),
         "descendants": {},
         "leakage": {},
     }
@@ -101,17 +97,21 @@ def intervention_scores(
 
 
 def pixel_errors(images: np.ndarray, reconstructions: np.ndarray, cf_images: np.ndarray, true_cf_images: np.ndarray) -> dict:
-    """Mean squared pixel errors (images in [0, 1], ``[n, C, H, W]``): counterfactual vs. the true
-    counterfactual, and reconstruction vs. the factual image.
+    """Pixel errors of one intervention (images in [0, 1], all ``[n, C, H, W]``).
 
+    :returns: ``cf_mse`` (counterfactual vs. the true counterfactual), ``unchanged_mse`` (the
+        factual image vs. the true counterfactual: the error of a model that ignores the
+        intervention), ``recon_mse`` (reconstruction vs. the factual image), and ``cf_l1`` /
+        ``recon_l1``, the same as mean absolute errors.
     :raises ValueError: if the four arrays do not have one shape or hold NaN / inf.
     """
-    arrays = [_finite(a, name) for a, name in zip((images, reconstructions, cf_images, true_cf_images),
-                                                  ("images", "reconstructions", "cf_images", "true_cf_images"))]
-    if any(a.shape != arrays[0].shape for a in arrays) or arrays[0].size == 0:
-        raise ValueError(f"image arrays must all have one non-empty shape, got {[a.shape for a in arrays]}")
-    images, reconstructions, cf_images, true_cf_images = arrays
+    images, reconstructions, cf_images, true_cf_images = same_shape(
+        {"images": images, "reconstructions": reconstructions, "cf_images": cf_images, "true_cf_images": true_cf_images},
+        "image arrays")
     return {
-        "cf_mse": float(np.mean((np.asarray(cf_images, float) - np.asarray(true_cf_images, float)) ** 2)),
-        "recon_mse": float(np.mean((np.asarray(reconstructions, float) - np.asarray(images, float)) ** 2)),
+        "cf_mse": float(np.mean((cf_images - true_cf_images) ** 2)),
+        "unchanged_mse": float(np.mean((images - true_cf_images) ** 2)),
+        "recon_mse": float(np.mean((reconstructions - images) ** 2)),
+        "cf_l1": float(np.mean(np.abs(cf_images - true_cf_images))),
+        "recon_l1": float(np.mean(np.abs(reconstructions - images))),
     }

@@ -1,0 +1,99 @@
+"""Semi-supervised training: a tenth of the images labelled (issue target; not a test).
+
+    python benchmarks/semi_supervised.py                          # Pendulum and Flow, seeds 0 1 2
+    python benchmarks/semi_supervised.py --dataset pendulum --seeds 0 --epochs 10
+
+For each (dataset, seed), a seeded 10 % of the training images keep their labels and two models are
+trained at the default settings:
+
+- ``semi``: every training image, the other 90 % unlabelled (labels NaN: the guide infers them);
+- ``alone``: the labelled 10 % only, for as many optimisation steps (epochs x 10).
+
+Each is scored on the test split: MIC / TIC x 100 (the project's protocol) and the learned graph's SHD.
+Runs go to RUNS/<dataset>-seed<k>-<variant> (a finished run there is reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_causalvae import CausalVAE, fit, load_model
+from pyro_causalvae import checkpoint as ckpt
+from pyro_causalvae.datasets import ConceptImageDataset, Flow, Pendulum
+from pyro_causalvae.metrics import evaluate_mic_tic, shd
+
+
+def split(train, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of the labelled images (a seeded random subset)."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    n = train.images.shape[0]
+    return torch.randperm(n, generator=g)[: max(16, round(fraction * n))].sort().values
+
+
+def variant_data(train, labelled: torch.Tensor, variant: str) -> ConceptImageDataset:
+    kw = dict(concepts=train.concepts, graph=train.graph, label_loc=train.label_loc, label_scale=train.label_scale,
+              name=f"{train.name}-{variant}")
+    if variant == "alone":
+        return ConceptImageDataset(train.images[labelled], train.labels[labelled], **kw)
+    labels = torch.full_like(train.labels, float("nan"))
+    labels[labelled] = train.labels[labelled]
+    return ConceptImageDataset(train.images, labels, **kw)
+
+
+def run(name: str, seed: int, variant: str, epochs: int, fraction: float, runs: Path) -> dict:
+    D = Pendulum if name == "pendulum" else Flow
+    train, test = D(split="train"), D(split="test")
+    labelled = split(train, fraction, seed)
+    data = variant_data(train, labelled, variant)
+    epochs_here = epochs if variant == "semi" else round(epochs / fraction)
+    out = runs / f"{name}-seed{seed}-{variant}"
+    done = ckpt.progress(out)
+    t0 = time.perf_counter()
+    if done is not None and done["epoch"] >= epochs_here:
+        model, how = load_model(out), "reused"
+    else:
+        pyro.set_rng_seed(seed)
+        model = CausalVAE(data.concepts, data.image_shape, label_loc=data.label_loc, label_scale=data.label_scale)
+        fit(model, data, epochs=epochs_here, seed=seed, progress=False, out_dir=out, resume=done is not None)
+        how = f"trained in {time.perf_counter() - t0:.0f} s"
+    res = evaluate_mic_tic(model.eval(), test)
+    return {"dataset": name, "seed": seed, "variant": variant, "labelled": len(labelled), "images": len(data),
+            "epochs": epochs_here, "mic": res["mic"], "tic": res["tic"], "shd": shd(model.graph(), test.graph), "how": how}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", nargs="+", default=["pendulum", "flow"], choices=["pendulum", "flow"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=["semi", "alone"], choices=["semi", "alone"])
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of the semi-supervised run")
+    ap.add_argument("--fraction", type=float, default=0.1)
+    ap.add_argument("--runs", default="runs/semi")
+    args = ap.parse_args()
+    rows = []
+    for name in args.dataset:
+        for seed in args.seeds:
+            for variant in args.variants:
+                r = run(name, seed, variant, args.epochs, args.fraction, Path(args.runs))
+                rows.append(r)
+                print(f"{name:<9} seed {seed} {variant:<6} ({r['labelled']} labelled of {r['images']} images, "
+                      f"{r['epochs']} epochs): MIC {r['mic']:.1f}  TIC {r['tic']:.1f}  SHD {r['shd']}  ({r['how']})", flush=True)
+    for name in args.dataset:
+        for variant in args.variants:
+            sel = [r for r in rows if r["dataset"] == name and r["variant"] == variant]
+            if not sel:
+                continue
+            mic, tic = [r["mic"] for r in sel], [r["tic"] for r in sel]
+            sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+            print(f"{name} {variant}: MIC {statistics.mean(mic):.1f} +- {sd(mic):.1f}, TIC {statistics.mean(tic):.1f} "
+                  f"+- {sd(tic):.1f}, SHD 0 in {sum(r['shd'] == 0 for r in sel)} of {len(sel)}")
+
+
+if __name__ == "__main__":
+    main()
