@@ -210,3 +210,11 @@ def check_finite(t: torch.Tensor, what: str) -> None:
             idx = tuple(int(i) for i in bad.nonzero()[0])
             kind = "NaN" if math.isnan(float(t[idx])) else "inf"
             raise ValueError(f"{what} has non-finite values ({int(bad.sum())} entries; first {kind} at index {idx})")
+
+
+def missing_label_line(labels: torch.Tensor, concepts: Sequence[str]) -> str:
+    """One line: how many labels are missing per concept (``labels`` ``[N, K]``, NaN = missing)."""
+    n = labels.shape[0]
+    counts = torch.isnan(labels).sum(0).tolist()
+    parts = [f"{c} {m}" + (f" ({100 * m / n:.1f}%)" if m else "") for c, m in zip(concepts, counts, strict=True)]
+    return f"missing labels of {n} rows: " + ", ".join(parts)

@@ -11,50 +11,16 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from .cli_data import add_data_arguments, add_run_data_overrides, run_dataset, training_data
+from .graph_files import GRAPH_FILE_FORMATS
+from .progress import log_to_stdout, phase
+
 EPILOG = "Run 'pyro-causalvae COMMAND --help' for a command's options."
-
-
-def _edges(text: str) -> list[tuple[str, str]]:
-    """Parse ``"a->b, b->c"`` into edges."""
-    edges = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "->" not in part:
-            raise ValueError(f"edge {part!r} must be written parent->child")
-        u, v = (s.strip() for s in part.split("->", 1))
-        edges.append((u, v))
-    return edges
-
-
-def _graph_arg(text: str | None, dataset):
-    """``learn`` | ``true`` (the dataset's graph) | a JSON edge-list file | ``"a->b,b->c"``."""
-    if text is None or text == "learn":
-        return "learn"
-    if text == "true":
-        if dataset.graph is None:
-            raise ValueError("--graph true: this dataset has no known graph")
-        return dataset.graph
-    path = Path(text)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise FileNotFoundError(f"--graph file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--graph file {path} is not valid JSON: {err}") from err
-        edges = data.get("edges") if isinstance(data, dict) else data
-        if not isinstance(edges, list) or not all(isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(c, str) for c in e)
-                                                  for e in edges):
-            raise ValueError(f'--graph file {path} must hold a list of [parent, child] pairs (or {{"edges": [...]}})')
-        return [tuple(e) for e in edges]
-    return _edges(text)
 
 
 def _weights(items: list[str] | None):
@@ -74,50 +40,8 @@ def _weights(items: list[str] | None):
     return LossWeights(**kw)
 
 
-#: the largest ``--size`` (image side in pixels)
-MAX_SIZE = 1024
 #: the most values ``intervene`` draws a grid for (``--sweep``, ``--values``)
 MAX_SWEEP = 100
-
-
-def _check_size(name: str, size) -> None:
-    """``--size`` within [16, MAX_SIZE], and the synthetic images it asks for within the memory budget."""
-    from . import _limits
-    from .datasets import flow, pendulum
-
-    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= MAX_SIZE:
-        raise ValueError(f"--size must be an integer in [16, {MAX_SIZE}] (image side in pixels), got {size!r}")
-    count = {"pendulum": pendulum.N_TRAIN + pendulum.N_TEST, "flow": flow.N_TRAIN + flow.N_TEST}.get(name)
-    if count is not None:
-        _limits.check_memory(count * 3 * size * size, f"--dataset {name} --size {size} ({count} images of "
-                             f"{size}x{size} RGB)")
-
-
-def load_dataset(args, split: str = "train"):
-    """Build the dataset named by ``args`` (``--dataset``, ``--root``, ``--labels``, ``--size``...)."""
-    from . import datasets
-
-    name = args.dataset
-    size = args.size if args.size is not None else (64 if name == "celeba" else 96)
-    if name == "folder" and args.size is not None:
-        raise ValueError("--size does not apply to --dataset folder: the images are used at their own size")
-    if name != "folder":
-        _check_size(name, size)
-    if name == "pendulum":
-        return datasets.Pendulum(split=split, size=size, seed=args.data_seed, noise=args.noise)
-    if name == "flow":
-        return datasets.Flow(split=split, size=size, seed=args.data_seed, noise=args.noise)
-    if name == "celeba":
-        if args.root is None:
-            raise ValueError("--dataset celeba needs --root (the folder with img_align_celeba/ and list_attr_celeba.txt)")
-        return datasets.CelebA(args.root, subset=args.subset, split=split, size=size, preload=False)  # read by DataLoader workers
-    if name == "folder":
-        if args.root is None or args.labels is None:
-            raise ValueError("--dataset folder needs --root IMAGE_FOLDER and --labels LABELS.csv")
-        if split != "train":
-            return None
-        return datasets.ConceptImageDataset(args.root, args.labels, follow_symlinks=bool(getattr(args, "follow_symlinks", False)))
-    raise ValueError(f"unknown dataset {name!r}")
 
 
 def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
@@ -125,25 +49,21 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     from .model import CausalVAE
 
     if not demo:
-        p.add_argument("--dataset", choices=["pendulum", "flow", "celeba", "folder"], required=True)
-        p.add_argument("--root", help="data folder (celeba: CelebA's folder; folder: the images)")
-        p.add_argument("--labels", help="labels CSV for --dataset folder (header: concept names, optional filename)")
-        p.add_argument("--subset", default="smile", help="CelebA concept subset: smile | beard")
-        p.add_argument("--noise", type=float, default=0.0, help="synthetic datasets: observation noise on child concepts")
-        p.add_argument("--follow-symlinks", action="store_true",
-                       help="--dataset folder: read image files that are symbolic links to places outside --root")
+        add_data_arguments(p)
     p.add_argument("--size", type=int, default=None if not demo else 96,
                    help="image side in pixels (default: 96 for pendulum/flow, 64 for celeba; folder images are used as they are)")
     p.add_argument("--out", default="runs/demo" if demo else None, required=not demo, help="run directory")
     p.add_argument("--epochs", type=int, default=12 if demo else 30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--style-dim", type=int, default=8, help="unsupervised style latents outside the graph (0: none)")
-    p.add_argument("--graph", default="learn", help="learn | true | edges 'a->b,b->c' | edges.json")
+    p.add_argument("--style-dim", type=int, default=0, help="unsupervised style latents outside the graph (default 0: none; a wide style block can absorb the concepts, see docs/method.md)")
+    p.add_argument("--graph", default="learn",
+                   help=f"learn | true (the dataset's or --true-graph's) | a graph file ({GRAPH_FILE_FORMATS}) | 'a->b,b->c'")
     p.add_argument("--weight", action="append", metavar="NAME=VALUE", help="loss weight, e.g. --weight kl=0.5 (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (under torchrun: cuda:LOCAL_RANK on each rank)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast the loss to bfloat16")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for images read from disk (celeba)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers for images read from disk (celeba, large folders; default: min(4, cores - 1))")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="write a checkpoint every N steps (0: only at the end; default: by time, see --checkpoint-interval)")
     p.add_argument("--checkpoint-interval", type=float, default=60.0,
@@ -160,7 +80,7 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
                    help="an edge is in the graph (and in the structural equations) when |A| exceeds this")
     p.add_argument("--relative", type=float, default=graph_defaults["edge_relative"].default,
                    help="... and this fraction of the strongest edge into the same concept")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per phase is still printed)")
 
 
 def _do_arg(items: list[str]) -> dict[str, float]:
@@ -178,21 +98,6 @@ def _do_arg(items: list[str]) -> dict[str, float]:
     return do
 
 
-def _run_data(cfg: dict, run_dir, purpose: str) -> argparse.Namespace:
-    """The dataset arguments of a run, from the ``"data"`` section of its config.json.
-
-    :param purpose: completes the error message when the section names no dataset.
-    """
-    data = cfg.get("data", {}) if isinstance(cfg, dict) else None
-    if not isinstance(data, dict):
-        raise ValueError(f"{Path(run_dir) / 'config.json'}: the \"data\" section must be a JSON object, got {type(data).__name__}")
-    args = argparse.Namespace(**{"root": None, "labels": None, "subset": "smile", "noise": 0.0, "size": None, "data_seed": 0,
-                                 "follow_symlinks": False, **data})
-    if getattr(args, "dataset", None) is None:
-        raise ValueError(f"{run_dir}: config.json names no dataset{purpose}")
-    return args
-
-
 def _check_out_suffix(out, suffix: str) -> None:
     """``--out`` of a query must name a ``suffix`` file (so that a typo cannot overwrite another file)."""
     if out is None:
@@ -205,7 +110,7 @@ def _check_out_suffix(out, suffix: str) -> None:
 
 
 def _query_image(args, model, cfg):
-    """The image a query starts from: ``--image FILE`` or image ``--index`` of the run's test data."""
+    """The image a query starts from: ``--image FILE`` or image ``--index`` of the run's held-out data."""
     import torch
 
     from .datasets.io import read_images
@@ -215,12 +120,11 @@ def _query_image(args, model, cfg):
         if tuple(x.shape[1:]) != model.image_shape:
             raise ValueError(f"--image {args.image} has shape {tuple(x.shape[1:])} but the model expects {model.image_shape} (C, H, W)")
         return x.float() / 255.0
-    data = _run_data(cfg, args.run_dir, "; pass --image FILE")
-    if data.dataset == "folder":
-        data.size = None
-    ds = load_dataset(data, "test") or load_dataset(data, "train")
+    ds, note = run_dataset(cfg, args.run_dir, args, purpose="; pass --image FILE", decode=False)
     if not 0 <= args.index < len(ds):
-        raise ValueError(f"--index {args.index} is out of range: the run's data has {len(ds)} images")
+        raise ValueError(f"--index {args.index} is out of range: the run's data has {len(ds)} images ({note})")
+    files = getattr(ds, "image_files", None)
+    print(f"image {args.index} of {note}" + (f": {files[args.index]}" if files else ""))
     x = ds[args.index]
     return (x[0] if isinstance(x, tuple) else x).unsqueeze(0).to(torch.float32)
 
@@ -279,27 +183,47 @@ def run_counterfactual(args) -> int:
 
 
 def run_evaluate(args) -> int:
+    import torch
+
     from .checkpoint import CONFIG, load_model, read_json, write_json
-    from .metrics import edge_precision_recall, evaluate_mic_tic, shd
+    from .graph_files import parse_graph_arg
+    from .metrics import edge_precision_recall, shd
+    from .metrics.protocol import concept_latents, mic_tic_scores
 
     _check_out_suffix(args.out, ".json")
+    show = not args.no_progress
     model = load_model(args.run_dir)
     cfg = read_json(Path(args.run_dir) / CONFIG)
-    data = _run_data(cfg, args.run_dir, " to evaluate on")
-    split = "test"
-    ds = load_dataset(data, "test")
-    if ds is None:
-        ds, split = load_dataset(data, "train"), "train (this dataset has no test split)"
-    res = {"run": str(args.run_dir), "split": split, "images": len(ds)}
+    with phase("evaluate data") as ph:
+        ds, note = run_dataset(cfg, args.run_dir, args, purpose=" to evaluate on", show=show)
+        ph.note = note
+    if args.true_graph is not None:
+        ds.graph = parse_graph_arg(args.true_graph, model.concepts, "--true-graph")
+    if getattr(ds, "labels", None) is None:
+        raise ValueError("evaluate needs labelled data: the MIC/TIC protocol compares latents with labels")
+    complete = ~torch.isnan(ds.labels).any(1)
+    if not bool(complete.all()):
+        skipped = int((~complete).sum())
+        if not bool(complete.any()):
+            raise ValueError(f"evaluate needs images with every label; none of the {len(ds)} images of {note} has all")
+        ds = ds.subset(complete)
+        note += f"; {skipped} with missing labels skipped"
+    if len(ds) < 4:
+        raise ValueError(f"evaluate needs at least 4 labelled images for MIC/TIC; {note} are {len(ds)} "
+                         "(train with a larger --test-fraction)")
+    print(f"{args.run_dir}: evaluating on {note}")
     t0 = time.perf_counter()
-    res.update(evaluate_mic_tic(model, ds, progress=not args.no_progress))
+    with phase(f"encoding {len(ds)} images"):
+        latents = concept_latents(model, ds.images if ds.images is not None else ds, progress=show)
+    with phase("MIC/TIC"):
+        res = {"run": str(args.run_dir), "split": note, "images": len(ds)}
+        res.update(mic_tic_scores(latents, ds.labels.cpu().numpy(), ds.concepts, progress=show))
     res["seconds"] = round(time.perf_counter() - t0, 1)
     learned = model.graph()
     res["graph"] = [f"{a}->{b}" for a, b in learned.edges()]
     if ds.graph is not None:
         p, r = edge_precision_recall(learned, ds.graph)
-        res.update(shd=shd(learned, ds.graph), precision=p, recall=r)
-    print(f"{args.run_dir}: {len(ds)} images of the {split} split ({res['seconds']:.1f} s)")
+        res.update(shd=shd(learned, ds.graph), precision=p, recall=r, true_graph=[f"{a}->{b}" for a, b in ds.graph.edges()])
     print(f"MIC {res['mic']:.1f}  TIC {res['tic']:.1f}  (x 100, mean over concepts of the matched pairs)")
     width = max(len(c) for c in model.concepts)
     header = "latent / label"
@@ -308,7 +232,7 @@ def run_evaluate(args) -> int:
         print(f"{c:<{width}}  " + "  ".join(f"{v:>10.1f}" for v in row))
     graph_line = ", ".join(res["graph"]) or "(no edges)"
     if "shd" in res:
-        graph_line += f"; SHD {res['shd']}, precision {res['precision']:.2f}, recall {res['recall']:.2f}"
+        graph_line += f"; vs the true graph: SHD {res['shd']}, precision {res['precision']:.2f}, recall {res['recall']:.2f}"
     print("graph:", graph_line)
     out = Path(args.out) if args.out else Path(args.run_dir) / "metrics.json"
     write_json(out, res)
@@ -333,13 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("run_dir")
     cf.add_argument("--do", action="append", required=True, metavar="CONCEPT=VALUE", help="intervention, natural units (repeatable)")
     for p in (inter, cf):
-        p.add_argument("--image", help="image file (default: an image of the run's test data)")
-        p.add_argument("--index", type=int, default=0, help="which test image, without --image")
+        p.add_argument("--image", help="image file (default: an image of the run's held-out data)")
+        p.add_argument("--index", type=int, default=0, help="which held-out image, without --image")
         p.add_argument("--out", help="PNG to write (default: in RUN_DIR)")
-    ev = sub.add_parser("evaluate", help="MIC/TIC (this project's protocol) and graph recovery of a trained run")
+    ev = sub.add_parser("evaluate", help="MIC/TIC (this project's protocol) and graph recovery of a trained run, on its held-out images")
     ev.add_argument("run_dir")
     ev.add_argument("--out", help="JSON to write (default: RUN_DIR/metrics.json)")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument("--true-graph", help=f"the graph to compare with (default: the run's): {GRAPH_FILE_FORMATS}, or 'a->b,b->c'")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars (one line per phase is still printed)")
+    for p in (inter, cf, ev):
+        add_run_data_overrides(p)
     for p in (demo, train, inter, cf, ev):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
@@ -370,6 +297,17 @@ def _check_out(args) -> None:
         raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it, or choose a new --out")
 
 
+def _workers(args, train) -> int:
+    """``--workers``, or by default: none for data in memory, ``min(4, cores - 1)`` (at least 1) for data
+    decoded from disk."""
+    if args.workers is not None:
+        return args.workers
+    if getattr(train, "images", None) is not None:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, max(1, cores - 1))
+
+
 def run_training(args, dataset_args) -> int:
     import pyro
     import torch
@@ -384,18 +322,19 @@ def run_training(args, dataset_args) -> int:
     check_settings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights, seed=args.seed,
                    keep_last=args.keep_last, checkpoint_every=args.checkpoint_every,
                    checkpoint_interval=args.checkpoint_interval, peer_timeout=args.peer_timeout,
-                   precision=args.precision, num_workers=args.workers)
+                   precision=args.precision, num_workers=args.workers if args.workers is not None else 0)
     main_rank = distributed.env_rank() == 0
     if main_rank:
         _check_out(args)
     say = print if main_rank else (lambda *a, **k: None)
-    t0 = time.perf_counter()
-    train = load_dataset(dataset_args, "train")
-    test = load_dataset(dataset_args, "test")
-    say(f"data: {train!r} ({time.perf_counter() - t0:.1f} s)")
-    graph = _graph_arg(args.graph, train)
+    data = training_data(dataset_args, not args.no_progress and main_rank)
+    train, test = data.train, data.test
+    say(f"data: {train!r}")
+    workers = _workers(args, train)
+    if train.images is None:
+        say(f"images are decoded on the fly by {workers} DataLoader worker(s)")
     pyro.set_rng_seed(args.seed)  # the initial weights too
-    model_args = dict(style_dim=args.style_dim, graph=graph, edge_threshold=args.threshold, edge_relative=args.relative,
+    model_args = dict(style_dim=args.style_dim, graph=data.graph, edge_threshold=args.threshold, edge_relative=args.relative,
                       label_loc=train.label_loc, label_scale=train.label_scale)
 
     def build():
@@ -408,10 +347,7 @@ def run_training(args, dataset_args) -> int:
                   device=args.device, seed=args.seed, out_dir=out, resume=args.resume, progress=not args.no_progress and main_rank,
                   checkpoint_every=args.checkpoint_every, checkpoint_interval=args.checkpoint_interval,
                   keep_last=args.keep_last, force=args.force, peer_timeout=args.peer_timeout,
-                  precision=args.precision, num_workers=args.workers,
-                  extra_config={"data": {k: v for k, v in vars(dataset_args).items() if k in
-                                         ("dataset", "root", "labels", "subset", "noise", "size", "data_seed",
-                                          "follow_symlinks")}})
+                  precision=args.precision, num_workers=workers, extra_config={"data": data.record})
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     if not main_rank:
@@ -420,9 +356,9 @@ def run_training(args, dataset_args) -> int:
     last = history.last()
     print(f"trained {last['epoch']} epochs: loss {last['loss']:.1f}, recon {last['recon']:.1f}, "
           f"h(A) {last['h']:.2e}, {last['images_per_s']:.0f} images/s")
-    if history.graph_search is not None:
+    if history.graph_search is not None:  # its time is on the graph stage's line above
         print(f"causal order found in the labels: {' < '.join(history.graph_search['order'])} "
-              f"({history.graph_search['seconds']:.1f} s, then A learned under the augmented Lagrangian)")
+              "(then A learned under the augmented Lagrangian)")
     if history.pruned:
         print("pruned as redundant given the other parents:", ", ".join(f"{a}->{b}" for a, b in (r["edge"] for r in history.pruned)))
     learned = model.graph()
@@ -467,9 +403,14 @@ def error_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .distributed import env_rank
+
+    if env_rank() == 0:  # under torchrun, rank 0 prints
+        log_to_stdout()
     try:
         if args.command == "demo":
-            ds = argparse.Namespace(dataset="pendulum", root=None, labels=None, subset=None, noise=0.0, size=args.size, data_seed=args.data_seed)
+            ds = argparse.Namespace(dataset="pendulum", root=None, labels=None, subset=None, noise=0.0, size=args.size,
+                                    data_seed=args.data_seed, graph=args.graph)
             print(f"pyro-causalvae demo: Pendulum ({args.size}x{args.size}), a CausalVAE trained for {args.epochs} epochs")
             return run_training(args, ds)
         if args.command == "train":

@@ -46,10 +46,11 @@ from . import checkpoint as ckpt
 from . import discovery
 from . import distributed as D
 from . import rundir
-from ._validation import check_finite
+from ._validation import check_finite, missing_label_line
 from .data_feed import BatchFeed
 from .loss import TERMS, LossWeights, loss_terms, total_loss
 from .model import CausalVAE
+from .progress import log
 from .warm_start import fit_structural_equations
 
 PRECISIONS = ("fp32", "bf16")
@@ -319,7 +320,8 @@ def fit(
     :param dataset: a :class:`~pyro_causalvae.datasets.ConceptImageDataset` whose concepts are the
         model's: resident (``images`` uint8 ``[N, C, H, W]``, ``labels_normalised`` ``[N, K]`` or ``None``
         for unlabelled data), or read from disk on access (``images is None``, e.g.
-        ``CelebA(preload=False)``: then a DataLoader with ``num_workers`` workers feeds it).
+        ``CelebA(preload=False)`` or a large folder: then a DataLoader with ``num_workers`` workers feeds it).
+        Labels may be missing (NaN); a concept without any label, or an infinite label, is refused.
     :param epochs: passes over the data (in total, counting epochs of a resumed run); at most 100,000.
     :param batch_size: images per step, all processes together (the global batch; each of ``W`` ranks
         takes ``batch_size / W``); at most the dataset's size (and 65,536).
@@ -344,7 +346,9 @@ def fit(
         position in the data and the history; ``resume`` continues from the exact step.
     :param checkpoint_interval: seconds between checkpoints when ``checkpoint_every is None`` (1 to 86,400).
     :param al_every: steps between augmented-Lagrangian updates (and causal-order updates).
-    :param progress: show a tqdm progress bar (rank 0 only).
+    :param progress: show a tqdm progress bar (rank 0 only). Whatever its value, the missing labels per
+        concept and each epoch are logged (INFO) to the ``"pyro_causalvae"`` logger
+        (:mod:`pyro_causalvae.progress`), and the graph stage prints its phases.
     :param callback: called as ``callback(epoch, row)`` after each epoch (on every rank).
     :param order_search: for a learned graph with labels, first find a causal order from the labels
         (:func:`pyro_causalvae.discovery.order_search`) and warm-start ``A`` and the mechanisms within it
@@ -494,6 +498,8 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
     feed = BatchFeed(dataset, n, batch_size, seed, device, ctx.rank, ctx.world_size, num_workers)
     spe = feed.steps_per_epoch
     labelled = feed.labelled
+    if labelled and ctx.is_main:
+        log.info("%s", missing_label_line(dataset.labels, dataset.concepts))
 
     pyro.set_rng_seed(seed)  # torch, NumPy and Python's random
     model.to(device)
@@ -626,6 +632,9 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
                            seconds=seconds, images_per_s=done * batch_size / seconds,
                            lam=float(model.al.lam), rho=float(model.al.rho))
                 history.rows.append(row)
+                if ctx.is_main:
+                    log.info("epoch %d/%d: loss %.1f, recon %.1f, h(A) %.2g (%.1f s, %.0f images/s)", epoch + 1, epochs,
+                             row["loss"], row["recon"], row["h"], seconds, row["images_per_s"])
                 bar.set_postfix(loss=f"{row['loss']:.1f}", h=f"{row['h']:.2g}")
                 last = epoch + 1 == epochs
                 if last and prune and model.spec.learned and labelled:
@@ -642,19 +651,19 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
 
 def _search_order(model: CausalVAE, dataset, seed: int, steps: int, show: bool) -> dict:
     """The graph stage before SVI: causal order and parents from the labels, and the warm start of ``A``
-    within them (see :mod:`~pyro_causalvae.discovery`). Each phase prints one line with its time (with or
+    within them (see :mod:`~pyro_causalvae.discovery`). Each phase logs one INFO line with its time (with or
     without ``show``, which adds progress bars)."""
     t0 = time.perf_counter()
     labels = dataset.labels_normalised.to(device=model.label_loc.device, dtype=torch.float32)
     required = [(model.concepts.index(a), model.concepts.index(b)) for a, b in model.spec.required]
     order, score, candidates = discovery.choose_order_and_warm_start(model, labels, required=required, seed=seed,
-                                                                     steps=steps, progress=show, log=tqdm.write)
+                                                                     steps=steps, progress=show, log=log.info)
     found = {"order": [model.concepts[i] for i in order], "score": score,
              "candidates": [{**c, "order": [model.concepts[i] for i in c["order"]],
                              "pruned": [[model.concepts[j], model.concepts[i]] for j, i in c["pruned"]]}
                             for c in candidates],
              "seconds": time.perf_counter() - t0}
-    tqdm.write(f"causal order from the labels: {' < '.join(found['order'])} ({found['seconds']:.1f} s)")
+    log.info("causal order from the labels: %s (%.1f s)", " < ".join(found["order"]), found["seconds"])
     return found
 
 
@@ -664,9 +673,9 @@ def _fit_equations(model: CausalVAE, dataset, seed: int, steps: int, show: bool)
     labels = dataset.labels_normalised.to(device=model.label_loc.device, dtype=torch.float32)
     found = fit_structural_equations(model, labels, steps=steps, seed=seed)
     found["seconds"] = time.perf_counter() - t0
-    if show and found.get("steps"):
-        tqdm.write(f"structural equations fitted to {found['rows']} labelled rows: -log p per row "
-                   f"{found['nll_before']:.3f} -> {found['nll_after']:.3f} ({found['seconds']:.1f} s)")
+    if found.get("steps"):
+        log.info("structural equations fitted to %d labelled rows: -log p per row %.3f -> %.3f (%.1f s)", found["rows"],
+                 found["nll_before"], found["nll_after"], found["seconds"])
     return found
 
 
@@ -693,10 +702,8 @@ def prune_learned_graph(model: CausalVAE, dataset, ctx: D.Context | None = None,
     removed = D.on_main(decide, ctx, watch, "pruning")
     model.prune([(idx[a], idx[b]) for a, b in (r["edge"] for r in removed)])
     if ctx.is_main:
-        tqdm.write(f"graph stage: pruning {time.perf_counter() - t0:.1f} s ({len(removed)} redundant edge(s) removed)")
-    if show and removed:
-        tqdm.write("pruned as redundant given the other parents: "
-                   + ", ".join(f"{r['edge'][0]}->{r['edge'][1]} (explains {100 * r['gain']:.2f}% more)" for r in removed))
+        log.info("graph stage: pruning %.1f s (%d redundant edge(s) removed%s)", time.perf_counter() - t0, len(removed),
+                 "".join(f"; {r['edge'][0]}->{r['edge'][1]} explained {100 * r['gain']:.2f}% more" for r in removed))
     return removed
 
 

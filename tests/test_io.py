@@ -268,10 +268,10 @@ def test_read_labels_csv_errors(tmp_path):
     with pytest.raises(ValueError, match="line 3 .data row 1. has 1 cells but the header has 2"):
         dio.read_labels_csv(p)
     p.write_text("filename,a\nx.png,1\nx.png,2\n")
-    with pytest.raises(ValueError, match="filename 'x.png' appears twice"):
+    with pytest.raises(ValueError, match=r"file name 'x.png' appears twice \(data rows 0 and 1\)"):
         dio.read_labels_csv(p)
     p.write_text("filename\nx.png\n")
-    with pytest.raises(ValueError, match="no concept columns"):
+    with pytest.raises(ValueError, match="no numeric concept columns"):
         dio.read_labels_csv(p)
     p.write_text("\ufeff a , b \n 1 , 2.5 \n\n-3e2,4\n")  # BOM, spaces and blank lines are tolerated
     t = dio.read_labels_csv(p)
@@ -279,9 +279,17 @@ def test_read_labels_csv_errors(tmp_path):
     assert_close(t.labels, torch.tensor([[1.0, 2.5], [-300.0, 4.0]]))
 
 
-def test_list_image_files_rejects_escaping_names(tmp_path):
-    with pytest.raises(ValueError, match="inside the image folder"):
-        dio.list_image_files(tmp_path, ["../x.png"])
+def test_list_image_files_resolves_names_against_the_folder_or_the_csv(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "x.png").write_bytes(b"")
+    # relative to the image folder
+    assert dio.list_image_files(tmp_path / "imgs", ["x.png"], csv_dir=tmp_path) == [tmp_path / "imgs" / "x.png"]
+    # relative to the CSV's folder (the first name decides which base is used)
+    assert dio.list_image_files(tmp_path / "imgs", ["imgs/x.png"], csv_dir=tmp_path) == [tmp_path / "imgs/x.png"]
+    assert dio.list_image_files(None, ["imgs/x.png"], csv_dir=tmp_path) == [tmp_path / "imgs/x.png"]
+    # absolute names are used as they are
+    absolute = str(tmp_path / "imgs" / "x.png")
+    assert dio.list_image_files(tmp_path, [absolute]) == [tmp_path / "imgs" / "x.png"]
     (tmp_path / "f.png").write_bytes(b"")
     with pytest.raises(ValueError, match="not a folder"):
         dio.list_image_files(tmp_path / "f.png")

@@ -113,6 +113,8 @@ class Raw:
         (Raw(torch.full((4, 3, 16, 16), float("nan")), torch.zeros(4, 3)), "images has non-finite"),
         (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.zeros(4, 2)), r"labels have shape \[4, 2\]"),
         (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.tensor([[0.0, float("inf"), 0.0]] * 4)), "labels hold inf"),
+        (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.tensor([[0.0, float("nan"), 0.0]] * 4)),
+         r"concept\(s\) \['b'\] have no label at all"),
         (Raw(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.zeros(4, 3), ("a", "b", "zz")), r"unknown to the model: \['zz'\]"),
     ],
 )
@@ -163,14 +165,14 @@ def test_cli_train_writes_run_and_figures(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0, text
     assert "learned graph: a->b, b->c" in text
-    for f in ("config.json", "checkpoint-00000002.pt", "losses.png", "graph.png", "reconstructions.png"):
+    for f in ("config.json", "checkpoint-00000001.pt", "losses.png", "graph.png", "reconstructions.png"):  # 29 images: 1 step
         assert (out / f).is_file(), f
 
 
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["train", "--dataset", "folder", "--out", "x"], "needs --root"),
+        (["train", "--dataset", "folder", "--out", "x"], "needs --labels"),
         (["train", "--dataset", "pendulum", "--size", "16", "--graph", "a->", "--out", "x", "--epochs", "1"], "not concepts"),
         (["train", "--dataset", "pendulum", "--size", "16", "--weight", "foo=1", "--out", "x"], "unknown loss weight"),
         (["train", "--dataset", "folder", "--root", "/nonexistent", "--labels", "/nonexistent.csv", "--out", "x"], "does not exist|not found|No such"),
@@ -211,7 +213,8 @@ def test_cli_intervene_and_counterfactual_on_a_trained_run(tmp_path, capsys):
     folder = ds.to_folder(tmp_path / "data")
     run = tmp_path / "run"
     assert main(["train", "--dataset", "folder", "--root", str(folder), "--labels", str(folder / "labels.csv"), "--epochs", "1",
-                 "--batch-size", "16", "--style-dim", "2", "--graph", "a->b,b->c", "--out", str(run), "--no-progress"]) == 0
+                 "--batch-size", "16", "--style-dim", "2", "--graph", "a->b,b->c", "--out", str(run), "--no-progress",
+                 "--test-fraction", "0.25"]) == 0  # 8 held-out images
     assert main(["intervene", str(run), "--concept", "a", "--concept", "c", "--sweep", "3"]) == 0
     assert (run / "intervention_grid.png").stat().st_size > 1000
     assert main(["intervene", str(run), "--concept", "b", "--values", "0.2", "0.4", "--image", str(folder / sorted(p.name for p in folder.glob("*.png"))[0]),

@@ -1,12 +1,16 @@
-"""Reading image folders and CSV label tables; atomic saving and safe loading of datasets.
+"""Reading image files; atomic saving and safe loading of datasets.
 
-- :func:`read_labels_csv` -- a CSV table whose header names the concepts (plus an optional ``filename``).
+- :func:`read_labels_csv` -- label CSV files (:mod:`pyro_causalvae.datasets.table`, re-exported here).
 - :func:`open_image` -- the one place where an image file is opened: only PNG, JPEG, BMP, TIFF and WebP
   are decoded (Pillow picks a decoder from the content, so without this a ``.png`` holding PostScript
   would be handed to Ghostscript), and a file that declares more than :data:`MAX_IMAGE_PIXELS` pixels is
   refused before it is decoded.
-- :func:`list_image_files`, :func:`read_images` -- a folder of image files as one uint8 tensor (symbolic
-  links leaving the folder refused; the decoded size checked against the memory budget first).
+- :func:`list_image_files` -- the image files of a folder, or those a CSV's image column names (paths
+  leaving the folder, and symbolic links to places outside it, refused unless followed).
+- :func:`check_image_files` -- every file's header (existence, format, size, channels) checked before
+  anything is decoded; one line names the first problem and how many rows share it.
+- :func:`decode_image`, :func:`read_images` -- decoding to uint8 tensors (the decoded size of a whole
+  folder checked against the memory budget first).
 - :func:`save_npz` / :func:`load_npz` -- one ``.npz`` file, written atomically (temporary file, fsync,
   ``os.replace``) and read with ``allow_pickle=False`` (a file that would need unpickling is refused).
 - :func:`export_folder` / :func:`import_folder` -- PNG files + ``labels.csv`` + ``graph.json`` +
@@ -24,6 +28,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +38,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .._limits import check_memory, fmt_bytes
+from .table import LabelTable, _existing_file, read_labels_csv
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import ConceptImageDataset
@@ -46,7 +52,10 @@ __all__ = [
     "FORMAT_VERSION",
     "LabelTable",
     "read_labels_csv",
+    "ImageHeader",
     "list_image_files",
+    "check_image_files",
+    "decode_image",
     "read_images",
     "save_npz",
     "load_npz",
@@ -79,108 +88,6 @@ def _umask() -> int:
 
 
 _UMASK = _umask()
-
-
-# ----------------------------------------------------------------------------------------------------
-# CSV label tables
-# ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LabelTable:
-    """A parsed label CSV: the selected concept names, their values and the optional file names."""
-
-    concepts: tuple[str, ...]
-    labels: torch.Tensor  # float32 [N, K]
-    filenames: list[str] | None
-
-
-def _existing_file(path, what: str) -> Path:
-    p = Path(os.fspath(path))
-    if not p.exists():
-        raise FileNotFoundError(f"{what} not found: {os.fspath(p)!r}")
-    if p.is_dir():
-        raise ValueError(f"{what} {os.fspath(p)!r} is a folder, expected a file")
-    return p
-
-
-def _read_csv_rows(p: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header (stripped names) and ``(line number, cells)`` of the non-blank data rows."""
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        try:
-            rows = [(i + 1, row) for i, row in enumerate(reader)]
-        except csv.Error as err:  # e.g. a cell longer than csv.field_size_limit()
-            raise ValueError(f"label CSV {os.fspath(p)!r}: line {reader.line_num}: {err}") from err
-        except UnicodeDecodeError as err:
-            raise ValueError(f"label CSV {os.fspath(p)!r} is not UTF-8 text: {err}") from err
-    rows = [(line, row) for line, row in rows if any(c.strip() for c in row)]
-    if not rows:
-        raise ValueError(f"label CSV {os.fspath(p)!r} is empty: expected a header naming the concepts")
-    header = [c.strip() for c in rows[0][1]]
-    return header, rows[1:]
-
-
-def read_labels_csv(path, concepts=None) -> LabelTable:
-    """Read concept labels from a CSV file.
-
-    :param path: the CSV file. Its header names the columns; a column named ``filename`` (optional) maps
-        each row to an image file; every other column is a concept with numeric values.
-    :param concepts: names of the columns to keep, in this order (default: all but ``filename``).
-    :raises FileNotFoundError: if the file does not exist.
-    :raises ValueError: for an empty file, duplicate or empty column names, unknown ``concepts`` (the
-        available columns are listed), rows with the wrong number of cells (line named), non-numeric values
-        (column and row named), empty or duplicate file names, or no data rows.
-    """
-    p = _existing_file(path, "label CSV file")
-    header, rows = _read_csv_rows(p)
-    where = f"label CSV {os.fspath(p)!r}"
-    if any(not h for h in header):
-        raise ValueError(f"{where} has an empty column name in its header {header}")
-    dup = sorted({h for h in header if header.count(h) > 1})
-    if dup:
-        raise ValueError(f"{where} has duplicate column names {dup}")
-    available = [h for h in header if h != _FILENAME]
-    if concepts is None:
-        concepts = tuple(available)
-        if not concepts:
-            raise ValueError(f"{where} has no concept columns (header {header})")
-    else:
-        concepts = tuple(concepts)
-        unknown = [c for c in concepts if c not in available]
-        if unknown:
-            raise ValueError(f"{where} has no column(s) {unknown}; available concept columns are {available}")
-    if not rows:
-        raise ValueError(f"{where} has a header but no data rows")
-    col_idx = [header.index(c) for c in concepts]
-    values = np.empty((len(rows), len(concepts)), dtype=np.float64)
-    filenames: list[str] | None = [] if _FILENAME in header else None
-    fn_idx = header.index(_FILENAME) if filenames is not None else -1
-    for r, (line, row) in enumerate(rows):
-        if len(row) != len(header):
-            raise ValueError(
-                f"{where}: line {line} (data row {r}) has {len(row)} cells but the header has {len(header)}"
-            )
-        for k, j in enumerate(col_idx):
-            cell = row[j].strip()
-            try:
-                values[r, k] = float(cell)
-            except ValueError:
-                raise ValueError(
-                    f"{where}: non-numeric value {cell!r} in column {concepts[k]!r}, data row {r} "
-                    f"(line {line})"
-                ) from None
-        if filenames is not None:
-            name = row[fn_idx].strip()
-            if not name:
-                raise ValueError(f"{where}: empty filename in data row {r} (line {line})")
-            filenames.append(name)
-    if filenames is not None:
-        seen: set[str] = set()
-        for r, name in enumerate(filenames):
-            if name in seen:
-                raise ValueError(f"{where}: filename {name!r} appears twice (again in data row {r})")
-            seen.add(name)
-    labels = torch.from_numpy(values.astype(np.float32))
-    return LabelTable(concepts=concepts, labels=labels, filenames=filenames)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,24 +134,31 @@ def _refuse_links_out(root: Path, files: list[Path], follow_symlinks: bool) -> N
                              f"folder {os.fspath(root)!r}; pass follow_symlinks=True (--follow-symlinks) to read it")
 
 
-def list_image_files(folder, filenames=None, follow_symlinks: bool = False) -> list[Path]:
-    """The image files of ``folder``, validated, in row order.
+def list_image_files(folder, filenames=None, follow_symlinks: bool = False, *, csv_dir=None) -> list[Path]:
+    """The image files of a dataset, in row order (existence is checked by :func:`check_image_files`).
 
-    :param filenames: names (relative to ``folder``) giving the row order, e.g. a CSV ``filename`` column;
-        default: every file whose name ends in one of :data:`IMAGE_EXTENSIONS` (any case) and does not
-        start with ``.``, sorted by name. Sub-folders are not searched.
-    :param follow_symlinks: accept symbolic links that lead outside ``folder`` (refused by default, like
-        ``../`` and absolute names).
+    :param folder: the image folder, or ``None`` when ``filenames`` are given relative to ``csv_dir``.
+    :param filenames: names giving the row order, e.g. a CSV's image column: paths relative to ``folder``
+        or to ``csv_dir`` (the folder of the CSV file); the first of the two under which the first listed
+        file exists is the base of every row (``folder`` when neither). Default: every file of ``folder``
+        whose name ends in one of :data:`IMAGE_EXTENSIONS` (any case) and does not start with ``.``,
+        sorted by name; sub-folders are not searched.
+    :param follow_symlinks: accept files outside the base folder: names (absolute, or with ``..``) and
+        symbolic links that lead outside it (all refused by default). Without ``folder``, absolute names in
+        ``filenames`` are accepted as they are (a spreadsheet that lists its files by absolute path).
     :raises FileNotFoundError: if ``folder`` does not exist.
-    :raises ValueError: if it is not a folder, holds no images, a listed file is missing (named), or a file
-        is a symbolic link to a place outside the folder.
+    :raises ValueError: if it is not a folder or holds no images, or a name or a symbolic link leads
+        outside the base folder (without ``follow_symlinks``).
     """
-    root = Path(os.fspath(folder))
-    if not root.exists():
-        raise FileNotFoundError(f"image folder not found: {os.fspath(root)!r}")
-    if not root.is_dir():
-        raise ValueError(f"images path {os.fspath(root)!r} is not a folder")
+    root = None if folder is None else Path(os.fspath(folder)).expanduser()
+    if root is not None:
+        if not root.exists():
+            raise FileNotFoundError(f"image folder not found: {os.fspath(root)!r}")
+        if not root.is_dir():
+            raise ValueError(f"images path {os.fspath(root)!r} is not a folder")
     if filenames is None:
+        if root is None:
+            raise ValueError("no image folder and no image column: give the folder of the images")
         files = sorted(
             (e for e in root.iterdir() if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith(".")),
             key=lambda e: e.name,
@@ -256,79 +170,165 @@ def list_image_files(folder, filenames=None, follow_symlinks: bool = False) -> l
             )
         _refuse_links_out(root, files, follow_symlinks)
         return files
-    files = []
-    missing = []
-    for name in filenames:
-        rel = Path(name)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise ValueError(f"filename {name!r} must be a path inside the image folder {os.fspath(root)!r}")
-        f = root / rel
-        if not f.is_file():
-            missing.append(name)
-        files.append(f)
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise ValueError(
-            f"{len(missing)} filename(s) of the labels CSV do not exist in the image folder "
-            f"{os.fspath(root)!r}: {shown}"
-        )
-    if not files:
-        raise ValueError(f"no images listed for folder {os.fspath(root)!r}")
-    _refuse_links_out(root, files, follow_symlinks)
+    names = list(filenames)
+    bases = [b for b in (root, None if csv_dir is None else Path(os.fspath(csv_dir))) if b is not None]
+    if not names or not bases:
+        raise ValueError("no images listed" if not names else "relative image file names need the image folder or the CSV's folder")
+    base = next((b for b in bases if (b / names[0]).exists()), bases[0])
+    files = [Path(n) if Path(n).is_absolute() else base / n for n in names]
+    if not follow_symlinks:
+        top = base.resolve()
+        for r, (name, f) in enumerate(zip(names, files)):
+            if root is None and Path(name).is_absolute():
+                continue  # a spreadsheet that names every file by its absolute path, with no image folder given
+            lexical = Path(os.path.normpath(f.absolute()))  # ".." resolved by name; links are checked below
+            if not (lexical.is_relative_to(top) or lexical.is_relative_to(os.path.normpath(base.absolute()))):
+                raise ValueError(f"image file name {name!r} (row {r}) leads outside the image folder {os.fspath(base)!r}; "
+                                 "pass follow_symlinks=True (--follow-symlinks) to read files outside it")
+        _refuse_links_out(base, [f for n, f in zip(names, files) if not (root is None and Path(n).is_absolute())], False)
     return files
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the headers of a set of image files say: the common size and the channels to decode to."""
+
+    width: int
+    height: int
+    channels: int  # 1 if every image is grayscale, else 3
+
+    @property
+    def mode(self) -> str:
+        """The PIL mode the images are converted to when decoded (``"L"`` or ``"RGB"``)."""
+        return "L" if self.channels == 1 else "RGB"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)``."""
+        return (self.channels, self.height, self.width)
+
+
+_PROBLEMS = {
+    "missing": "image files do not exist",
+    "folder": "image paths are folders",
+    "unreadable": "files are unreadable or refused",
+    "depth": "images have 16-bit or float pixels",
+    "size": "images have another size",
+}
+
+
+def check_image_files(files, *, progress: bool = False) -> ImageHeader:
+    """Check every image file from its header (existence, format, size, channels) before anything is
+    decoded: Pillow's ``Image.open`` reads the header without decoding the pixels.
+
+    All files are checked; the error names the first problem (the file and its row) and how many rows
+    share it. The size of the images is the most common size among them.
+
+    :param files: the image files, in row order.
+    :param progress: show a progress bar.
+    :returns: the :class:`ImageHeader` (common size; 1 channel if every image is grayscale, else 3).
+    :raises ValueError: for missing or unreadable files, 16-bit / float images, or mixed sizes.
+    """
+    from tqdm.auto import tqdm
+
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValueError("no image files to read")
+    sizes: list[tuple[int, int] | None] = []
+    gray = True
+    problems: list[tuple[int, str, str]] = []  # (row, kind, message)
+    for r, f in enumerate(tqdm(files, desc="image headers", unit="file", disable=not progress, leave=False)):
+        size = None
+        if not f.exists():
+            problems.append((r, "missing", f"cannot read image file {os.fspath(f)!r} (row {r}): it does not exist"))
+        elif f.is_dir():
+            problems.append((r, "folder", f"image path {os.fspath(f)!r} (row {r}) is a folder, not a file"))
+        else:
+            try:
+                with open_image(f) as im:
+                    size, mode = im.size, im.mode
+            except ValueError as err:  # open_image's one line: format, decompression bomb, unreadable
+                name = repr(os.fspath(f))  # the row goes right after the file's name
+                problems.append((r, "unreadable", str(err).replace(name, f"{name} (row {r})", 1)))
+                sizes.append(None)
+                continue
+            if mode in _UNSUPPORTED_MODES:
+                problems.append((r, "depth", f"image file {os.fspath(f)!r} (row {r}) has mode {mode!r} (16-bit or "
+                                             "float); only 8-bit images are supported"))
+                size = None
+            else:
+                gray = gray and mode in _GRAY_MODES
+        sizes.append(size)
+    known = [s for s in sizes if s is not None]
+    if known:
+        (w, h), n_ref = Counter(known).most_common(1)[0]
+        ref = next(r for r, s in enumerate(sizes) if s == (w, h))
+        for r, s in enumerate(sizes):
+            if s is not None and s != (w, h):
+                problems.append((r, "size", f"images have mixed sizes: {os.fspath(files[r])!r} (row {r}) is "
+                                            f"{s[0]}x{s[1]} (WxH) but {os.fspath(files[ref])!r} and {n_ref - 1} "
+                                            f"other(s) are {w}x{h}; all images must have the same size"))
+    if problems:
+        raise ValueError(_problem_line(problems, len(files)))
+    return ImageHeader(width=w, height=h, channels=1 if gray else 3)
+
+
+def _problem_line(problems: list[tuple[int, str, str]], n: int) -> str:
+    """One line: the first problem (in row order), how many rows share its kind, and the other kinds."""
+    problems = sorted(problems)
+    _, kind, message = problems[0]
+    counts = Counter(k for _, k, _ in problems)
+    if n == 1:
+        return message
+    others = [f"{c} {_PROBLEMS[k]}" for k, c in counts.items() if k != kind]
+    return (f"{message} ({counts[kind]} of {n} rows share this problem"
+            + (f"; also {', '.join(others)}" if others else "") + ")")
+
+
+def decode_image(path, header: ImageHeader) -> torch.Tensor:
+    """Decode one image file as uint8 ``[C, H, W]`` (converted to ``header.mode``; alpha dropped).
+
+    :raises ValueError: if it cannot be decoded or its size is not the header's.
+    """
+    f = Path(path)
+    try:
+        with open_image(f) as im:
+            arr = np.array(im.convert(header.mode), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise _open_error(f, err) from err
+    if arr.shape[:2] != (header.height, header.width):
+        raise ValueError(f"image file {os.fspath(f)!r} is {arr.shape[1]}x{arr.shape[0]} (WxH) but the dataset's images "
+                         f"are {header.width}x{header.height} (was it changed after the check?)")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def _open_error(f: Path, err: Exception) -> ValueError:
     return ValueError(f"cannot read image file {os.fspath(f)!r}: {err}")
 
 
-def read_images(files) -> torch.Tensor:
+def read_images(files, *, progress: bool = False, header: ImageHeader | None = None) -> torch.Tensor:
     """Decode image files of one size into a uint8 tensor ``[N, C, H, W]``.
 
-    All headers are checked first (format, sizes, modes, and the memory the decoded tensor needs); then
-    the images are decoded. ``C`` is 1 if every image is grayscale (PIL mode ``1``, ``L`` or ``LA``), else
-    3 (converted to RGB; alpha dropped).
+    All headers are checked first (:func:`check_image_files`, unless ``header`` is given), and the memory
+    the decoded tensor needs; then the images are decoded. ``C`` is 1 if every image is grayscale (PIL
+    mode ``1``, ``L`` or ``LA``), else 3 (converted to RGB; alpha dropped).
 
-    :raises ValueError: for an unreadable file or another format than :data:`IMAGE_FORMATS`, an image of
-        more than :data:`MAX_IMAGE_PIXELS` pixels, 16-bit / float images, mixed sizes (two files named), or
-        images whose decoded tensor would not fit in the memory budget
-        (:func:`pyro_causalvae._limits.memory_budget`).
+    :param progress: show a progress bar while decoding.
+    :raises ValueError: for missing or unreadable files or another format than :data:`IMAGE_FORMATS`, an
+        image of more than :data:`MAX_IMAGE_PIXELS` pixels, 16-bit / float images, mixed sizes, or images
+        whose decoded tensor would not fit in the memory budget (:func:`pyro_causalvae._limits.memory_budget`).
     """
+    from tqdm.auto import tqdm
+
     files = [Path(f) for f in files]
-    if not files:
-        raise ValueError("no image files to read")
-    sizes, modes = [], []
-    for f in files:
-        with open_image(f) as im:
-            sizes.append(im.size)
-            modes.append(im.mode)
-        if modes[-1] in _UNSUPPORTED_MODES:
-            raise ValueError(
-                f"image file {os.fspath(f)!r} has mode {modes[-1]!r} (16-bit or float); only 8-bit images are supported"
-            )
-        if sizes[-1] != sizes[0]:
-            (w0, h0), (w1, h1) = sizes[0], sizes[-1]
-            raise ValueError(
-                f"images have mixed sizes: {os.fspath(files[0])!r} is {w0}x{h0} (WxH) but {os.fspath(f)!r} is "
-                f"{w1}x{h1}; all images must have the same size"
-            )
-    gray = all(m in _GRAY_MODES for m in modes)
-    mode, c = ("L", 1) if gray else ("RGB", 3)
-    w, h = sizes[0]
+    header = header if header is not None else check_image_files(files, progress=progress)
+    c, h, w = header.shape
     check_memory(len(files) * c * h * w, f"decoding {len(files)} images of {w}x{h} pixels ({c} channel(s), uint8)")
-    out = torch.empty((len(files), c, h, w), dtype=torch.uint8)
-    for i, f in enumerate(files):
-        try:
-            with open_image(f) as im:
-                arr = np.array(im.convert(mode), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-            raise _open_error(f, err) from err
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.shape[:2] != (h, w):
-            raise ValueError(f"image file {os.fspath(f)!r} decoded to {arr.shape[1]}x{arr.shape[0]} pixels, but its "
-                             f"header said {w}x{h}")
-        out[i] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    out = torch.empty((len(files), *header.shape), dtype=torch.uint8)
+    for i, f in enumerate(tqdm(files, desc="decoding", unit="image", disable=not progress, leave=False)):
+        out[i] = decode_image(f, header)
     return out
 
 
@@ -628,7 +628,8 @@ def import_folder(path) -> ConceptImageDataset:
     ):
         raise ValueError(f"{os.fspath(graph_path)!r}: 'edges' must be null or a list of [parent, child] pairs, got {raw_edges!r}")
     edges = None if raw_edges is None else [tuple(e) for e in raw_edges]
-    header, _ = _read_csv_rows(csv_path)
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
     labelled = any(h.strip() != _FILENAME for h in header)
     kwargs = {
         "label_loc": meta.get("label_loc"),
