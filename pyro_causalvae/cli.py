@@ -322,7 +322,8 @@ def run_training(args, dataset_args) -> int:
     check_settings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights, seed=args.seed,
                    keep_last=args.keep_last, checkpoint_every=args.checkpoint_every,
                    checkpoint_interval=args.checkpoint_interval, peer_timeout=args.peer_timeout,
-                   precision=args.precision, num_workers=args.workers if args.workers is not None else 0)
+                   precision=args.precision, num_workers=args.workers if args.workers is not None else 0,
+                   device=args.device)
     main_rank = distributed.env_rank() == 0
     if main_rank:
         _check_out(args)

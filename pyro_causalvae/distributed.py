@@ -97,6 +97,39 @@ def env_rank() -> int:
         return 0
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`, checked: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, present here.
+
+    :raises ValueError: naming the device otherwise.
+    """
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def _attempt_store(world: int, timeout_s: float):
+    """Under torchrun's agent store, a store whose keys belong to this restart attempt alone, else ``None``.
+
+    torchrun (``--standalone`` / c10d rendezvous) keeps one store for the whole job, and the default group's
+    keys (each rank's Gloo address) stay there across ``--max-restarts``: a rank of the restarted group could
+    read a dead rank's address and wait on it until the timeout (measured: "Gloo connectFullMesh failed ...
+    Connection refused" after a restart). The prefix ``TORCHELASTIC_RESTART_COUNT`` keeps the attempts apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                         timeout=timedelta(seconds=timeout_s))
+    return dist.PrefixStore(f"pyro_causalvae/attempt{os.environ['TORCHELASTIC_RESTART_COUNT']}/", base)
+
+
 def setup(device: str | torch.device, distributed: bool | None = None,
           timeout_s: float = DEFAULT_PEER_TIMEOUT + COLLECTIVE_MARGIN) -> Context:
     """Join (or create) the process group when running data-parallel, and pick this rank's device.
@@ -111,16 +144,7 @@ def setup(device: str | torch.device, distributed: bool | None = None,
         ``MASTER_PORT`` / ``RANK``), ``distributed=True`` without ``torchrun``, CUDA requested but not
         available, more local ranks than GPUs, or ranks on different device types (mixed devices).
     """
-    try:
-        device = torch.device(device)
-    except (TypeError, RuntimeError, ValueError):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    device = check_device(device)
     initialised = dist.is_available() and dist.is_initialized()
     world = dist.get_world_size() if initialised else env_world_size()
     if distributed is False or (distributed is None and world == 1):
@@ -150,6 +174,9 @@ def setup(device: str | torch.device, distributed: bool | None = None,
     if not initialised:
         backend = "nccl" if device.type == "cuda" else "gloo"
         kw = {"device_id": device} if device.type == "cuda" else {}
+        store = _attempt_store(world, timeout_s)
+        if store is not None:
+            kw.update(store=store, rank=int(os.environ["RANK"]), world_size=world)
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kw)
         owns = True
     ctx = Context(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device, owns_group=owns)

@@ -198,6 +198,8 @@ def check_settings(**kw) -> None:
 
     :raises ValueError: one line naming the setting, its value and its range.
     """
+    if "device" in kw:
+        D.check_device(kw.pop("device"))
     params = inspect.signature(fit).parameters
     full = {k: kw.get(k, params[k].default) for k in _SETTINGS}
     full["weights"] = full["weights"] if full["weights"] is not None else LossWeights()
