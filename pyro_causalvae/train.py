@@ -193,6 +193,10 @@ _SETTINGS = ("seed", "epochs", "batch_size", "keep_last", "al_every", "lr", "war
              "num_workers", "checkpoint_interval", "peer_timeout", "precision", "weights", "label_dropout", "equation_steps")
 
 
+#: default of ``fit(equation_steps=...)``: Adam steps fitting the structural equations to the labels before SVI
+EQUATION_STEPS = 1000
+
+
 def check_settings(**kw) -> None:
     """Check settings of :func:`fit` (those not given take its defaults) before any work, e.g. from the CLI.
 
@@ -203,6 +207,7 @@ def check_settings(**kw) -> None:
     params = inspect.signature(fit).parameters
     full = {k: kw.get(k, params[k].default) for k in _SETTINGS}
     full["weights"] = full["weights"] if full["weights"] is not None else LossWeights()
+    full["equation_steps"] = EQUATION_STEPS if full["equation_steps"] is None else full["equation_steps"]
     _check_settings(**full)
 
 
@@ -309,7 +314,7 @@ def fit(
     warm_start_steps: int = 2000,
     prune: bool = True,
     label_dropout: float = 0.5,
-    equation_steps: int = 1000,
+    equation_steps: int | None = None,
     precision: str = "fp32",
     num_workers: int = 0,
     distributed: bool | None = None,
@@ -368,8 +373,8 @@ def fit(
         ``epochs`` continues with its pruned graph.
     :param equation_steps: before SVI (after the order search), fit the structural equations to the
         labelled rows by maximum likelihood for this many steps (:func:`~pyro_causalvae.warm_start.
-        fit_structural_equations`: mechanisms, noise scales and shapes; ``A`` held); ``0``: never. Once
-        per model, like the order search.
+        fit_structural_equations`: mechanisms, noise scales and shapes; ``A`` held); ``0``: never;
+        default :data:`EQUATION_STEPS` (1000). Once per model, like the order search.
     :param label_dropout: the share of each batch's labelled images whose labels the ELBO hides (their
         concepts are inferred by the guide, as for unlabelled images, while the ``encoder`` term still
         reads them). Without it, a labelled image's concepts never pass through the encoder on their way
@@ -395,6 +400,7 @@ def fit(
     weights = weights if weights is not None else LossWeights()
     if not isinstance(model, CausalVAE):
         raise ValueError(f"model must be a CausalVAE, got {type(model).__name__}")
+    equation_steps = EQUATION_STEPS if equation_steps is None else equation_steps
     _check_settings(seed=seed, epochs=epochs, batch_size=batch_size, keep_last=keep_last, al_every=al_every, lr=lr,
                     warm_start_steps=warm_start_steps, checkpoint_every=checkpoint_every, num_workers=num_workers,
                     checkpoint_interval=checkpoint_interval, peer_timeout=peer_timeout, precision=precision,

@@ -9,7 +9,8 @@ Fitting the equations to the labelled rows first, by maximum likelihood on the c
 
 What is fitted: the mechanisms ``g_i``, the noise scales ``s_i`` and the roots' noise splines ``f_i``; the
 graph (``A``) is held, as the order search and its warm start (:mod:`pyro_causalvae.discovery`) or the
-known graph left it.
+known graph left it. So with ``mechanism="linear"`` (``g_i = sum_j A[j, i] c_j + b_i``) the slopes, which are
+``A``'s entries, stay for SVI to learn; only the intercepts, scales and splines are fitted here.
 """
 
 from __future__ import annotations

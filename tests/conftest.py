@@ -15,3 +15,12 @@ def _fresh_pyro():
     pyro.set_rng_seed(0)
     with pyro.validation_enabled(True):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _few_equation_steps(monkeypatch):
+    """Tests fit the structural equations for 100 steps (``fit``'s default is 1000): small data, few steps.
+    Tests of the warm start itself pass ``equation_steps`` explicitly."""
+    from pyro_causalvae import train
+
+    monkeypatch.setattr(train, "EQUATION_STEPS", 100)
