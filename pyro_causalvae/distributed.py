@@ -296,7 +296,9 @@ class Watchdog:
             return
         while True:
             try:
-                self.store.wait([key], timedelta(seconds=min(10.0, self.timeout_s)))
+                # short waits: the store's client serves one request at a time, and a long wait would hold
+                # back this rank's heartbeats (the others would count it as lost)
+                self.store.wait([key], timedelta(seconds=min(0.5, self.timeout_s / 10)))
                 return
             except dist.DistStoreError:  # a chunk timed out: rank 0 is still working (or the watchdog speaks)
                 continue

@@ -25,7 +25,8 @@ from pyro_causalvae.queries import posterior_mean  # noqa: E402
 
 # label_dropout=0: which labels a batch hides is drawn per process, so two ranks and one process would hide
 # different labels; without it (and with the mean guide) the three compute the same loss.
-SETTINGS = dict(batch_size=8, seed=3, al_every=2, warm_start_steps=50, progress=False, label_dropout=0.0)
+SETTINGS = dict(batch_size=8, seed=3, al_every=2, warm_start_steps=50, progress=False, label_dropout=0.0,
+                equation_steps=100)  # explicit: the in-process reference runs under the tests' conftest
 
 
 @contextlib.contextmanager

@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pyro_causalvae.train as T  # noqa: E402
 from tiny import tiny_dataset, tiny_model  # noqa: E402
 
-SETTINGS = dict(epochs=3, batch_size=16, seed=5, al_every=2, checkpoint_every=2, warm_start_steps=50, progress=False)
+SETTINGS = dict(epochs=3, batch_size=16, seed=5, al_every=2, checkpoint_every=2, warm_start_steps=50, progress=False,
+                equation_steps=100)  # explicit: the in-process reference runs under the tests' conftest
 
 
 def slow(fn):
