@@ -293,3 +293,20 @@ def test_list_image_files_resolves_names_against_the_folder_or_the_csv(tmp_path)
     (tmp_path / "f.png").write_bytes(b"")
     with pytest.raises(ValueError, match="not a folder"):
         dio.list_image_files(tmp_path / "f.png")
+
+
+def test_names_that_lead_outside_the_image_folder_are_refused_unless_followed(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "x.png").write_bytes(b"")
+    (tmp_path / "secret.png").write_bytes(b"")
+    outside = str(tmp_path / "secret.png")
+    for name in ("../secret.png", outside):
+        with pytest.raises(ValueError, match=r"image file name '.*secret\.png' \(row 1\) leads outside the image folder"):
+            dio.list_image_files(tmp_path / "imgs", ["x.png", name])
+        assert dio.list_image_files(tmp_path / "imgs", ["x.png", name], follow_symlinks=True)[1].resolve() == tmp_path / "secret.png"
+    # "a/../x.png" stays inside; without an image folder, a CSV's absolute names are read as they are
+    assert dio.list_image_files(tmp_path / "imgs", ["x.png", "sub/../x.png"])[1] == tmp_path / "imgs" / "sub/../x.png"
+    assert dio.list_image_files(None, [outside], csv_dir=tmp_path / "imgs") == [tmp_path / "secret.png"]
+    # relative names of a CSV without an image folder stay inside the CSV's folder
+    with pytest.raises(ValueError, match="leads outside the image folder"):
+        dio.list_image_files(None, ["../secret.png"], csv_dir=tmp_path / "imgs")
