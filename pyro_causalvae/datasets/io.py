@@ -177,15 +177,15 @@ def list_image_files(folder, filenames=None, follow_symlinks: bool = False, *, c
     base = next((b for b in bases if (b / names[0]).exists()), bases[0])
     files = [Path(n) if Path(n).is_absolute() else base / n for n in names]
     if not follow_symlinks:
-        top = base.resolve()
-        for r, (name, f) in enumerate(zip(names, files)):
-            if root is None and Path(name).is_absolute():
-                continue  # a spreadsheet that names every file by its absolute path, with no image folder given
+        # a spreadsheet that names its files by absolute path, with no image folder given, is read as it is
+        checked = [(r, n, f) for r, (n, f) in enumerate(zip(names, files)) if root is not None or not Path(n).is_absolute()]
+        inside = (base.resolve(), Path(os.path.normpath(base.absolute())))
+        for r, name, f in checked:
             lexical = Path(os.path.normpath(f.absolute()))  # ".." resolved by name; links are checked below
-            if not (lexical.is_relative_to(top) or lexical.is_relative_to(os.path.normpath(base.absolute()))):
+            if not any(lexical.is_relative_to(top) for top in inside):
                 raise ValueError(f"image file name {name!r} (row {r}) leads outside the image folder {os.fspath(base)!r}; "
                                  "pass follow_symlinks=True (--follow-symlinks) to read files outside it")
-        _refuse_links_out(base, [f for n, f in zip(names, files) if not (root is None and Path(n).is_absolute())], False)
+        _refuse_links_out(base, [f for _, _, f in checked], follow_symlinks)
     return files
 
 
