@@ -11,11 +11,14 @@
   value the guide infers (unlabelled entries), ``log q(c_i | x) - log p(c_i | parents)`` (one sample).
 - ``labels``: ``-log p(u_i | parents)`` summed over the labelled entries: the structural equations' density
   of the labels, which is what fits the mechanisms, ``A`` and the noise to the labelled concepts.
-- ``encoder``: ``-log q(u_i | x)`` over the labelled entries: the guide's reading of the concepts trained
-  on the labels (the auxiliary term of semi-supervised VAEs, Kingma et al. 2014; without it a fully
-  labelled dataset would never train the concept encoder, since observed concepts need no guide).
+- ``encoder``: ``-log q(u_i | x)`` over the labelled entries, per *labelled* image: the guide's reading
+  of the concepts trained on the labels (the auxiliary term of semi-supervised VAEs, Kingma et al. 2014;
+  without it a fully labelled dataset would never train the concept encoder, since observed concepts need
+  no guide). A mean over the labelled images of the batch, not over all of them: with 10 % of the images
+  labelled, a mean over the batch would weaken the supervision tenfold against the image terms.
 - ``label_loss`` ``l_u`` (the paper's): the labels reconstructed through the *whole* support of ``A``,
-  ``mean_n sum_i (u_i - g_i(A[:, i] o u))^2`` over the fully labelled images. The structural equations only
+  ``mean_n sum_i (u_i - g_i(A[:, i] o u))^2``, a mean over the fully labelled images of the batch (so its
+  balance against the per-step penalties on ``A`` does not depend on the labelled share). The structural equations only
   read the edges that agree with the current causal order; this term lets every entry of ``A`` (those
   against the order too) follow the labels, the augmented Lagrangian keeps them acyclic, and the causal
   order is updated from ``A`` during training.
@@ -28,9 +31,10 @@ The paper's ``l_m`` (mask-layer consistency of the posterior concepts) is part o
 with the structural equation as each concept's density, the consistency of inferred concepts with their
 mechanisms is their log-density.
 
-The ELBO part is computed from Pyro traces (guide traced, model replayed), so ``recon + kl + labels``
-equals ``pyro.infer.TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, u) / N`` (the
-style's KL analytic, the concepts' by one sample) with the same random draws (tested).
+The ELBO part is computed as tensors, every concept at once (the per-concept sites of the Pyro program
+cost a Python loop; the loss does not need them): ``recon + kl + labels`` equals
+``pyro.infer.TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, u) / N`` (the style's
+KL analytic, the concepts' by one sample) with the same random draws, values and gradients (tested).
 """
 
 from __future__ import annotations
@@ -38,11 +42,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import pyro
+import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 
-from .model import STYLE, CausalVAE, unobserved_site
+from .model import CausalVAE
 
 TERMS = ("recon", "kl", "labels", "encoder", "cycle", "label_loss", "dag", "sparsity", "path", "order_prior")
 
@@ -85,12 +88,6 @@ class LossWeights:
         return asdict(self)
 
 
-def _site_log_prob(site: dict) -> torch.Tensor:
-    """A site's log-density with its mask and scale applied, summed (a scalar)."""
-    lp = site["fn"].log_prob(site["value"])
-    return scale_and_mask(lp, site["scale"], site["mask"]).sum()
-
-
 def cycle_term(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, post, scale: float = 0.05) -> torch.Tensor:
     """Counterfactual consistency: each image under a random ``do(c_k = v)`` (``k`` and ``v`` uniform over
     the concepts and ``[-1, 1]``), decoded, is read back by the encoder (its weights held), which must find
@@ -108,9 +105,34 @@ def cycle_term(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, post, 
     return ((out - target) ** 2).sum(-1).mean() / (2 * scale**2)
 
 
+def guide_draws(model: CausalVAE, post, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One draw of the guide's latent sites as tensors: the concepts that ``seen`` leaves unlabelled, in the
+    guide's site order, then the style (so the same random numbers as a trace of the guide).
+
+    :param post: the encoder's :class:`~pyro_causalvae.model.Posterior`.
+    :param seen: normalised labels ``[N, K]`` (NaN: missing) or ``None``.
+    :returns: ``z`` ``[N, K]`` (drawn where a concept is not labelled for every image, 0 elsewhere) and
+        the style ``[N, S]`` (``None`` without style).
+    """
+    N, K = post.loc.shape
+    states = model._label_states(seen)  # one host read, as the guide's own
+    draws = [post.loc.new_zeros(N)] * K
+    for i in model.order:
+        if states[i] != "observed":
+            draws[i] = torch.distributions.Normal(post.loc[:, i], post.scale[:, i]).rsample()
+    style = torch.distributions.Normal(post.style_loc, post.style_scale).rsample() if model.style_dim else None
+    return torch.stack(draws, -1), style
+
+
 def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
                hide: torch.Tensor | None = None, cycle: bool = False) -> dict[str, torch.Tensor]:
     """Each loss term as a scalar tensor (per image where it applies), unweighted.
+
+    The ELBO part is computed as tensors, every concept at once: the guide's draws (in the guide's
+    site order, so the same random numbers as a trace of :meth:`~pyro_causalvae.model.CausalVAE.guide`),
+    the concept densities by :meth:`~pyro_causalvae.model.CausalVAE.concept_log_prob` (one batched call
+    of the mechanisms, not ``K`` sites), the style's KL analytic. ``recon + kl + labels`` equals
+    :func:`pyro_elbo_loss` with the same draws (tested, values and gradients).
 
     :param x: images ``[N, C, H, W]`` in [0, 1].
     :param u: normalised labels ``[N, K]`` (NaN: missing) or ``None``.
@@ -121,28 +143,23 @@ def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
     """
     N = x.shape[0]
     seen = u if u is None or hide is None else u.masked_fill(hide[:, None], float("nan"))
-    post = model.posterior(x)  # the encoder runs once: the guide's sites and the encoder term share it
-    guide_tr = poutine.trace(model.guide_posterior).get_trace(post, seen)
-    model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(x, seen)
-    recon = -model_tr.nodes["x"]["fn"].log_prob(x).sum() / N
-    kl = x.new_zeros(())
+    post = model.posterior(x)  # the encoder runs once: the guide's draws and the encoder term share it
+    z, style = guide_draws(model, post, seen)
+    missing = torch.ones_like(z, dtype=torch.bool) if seen is None else torch.isnan(seen)
+    c = z if seen is None else torch.where(missing, z, seen.nan_to_num(0.0))
+    log_p = model.concept_log_prob(c)  # [N, K]
+    log_q = torch.distributions.Normal(post.loc, post.scale).log_prob(z)
+    kl = ((log_q - log_p) * missing).sum()
+    labels = -(log_p * ~missing).sum()
     if model.style_dim:
-        q, p = guide_tr.nodes[STYLE]["fn"], model_tr.nodes[STYLE]["fn"]
-        kl = kl + torch.distributions.kl_divergence(q, p).sum()
-    labels = x.new_zeros(())
-    for c in model.concepts:
-        site = model_tr.nodes[c]
-        if c in guide_tr.nodes:  # latent in this batch
-            kl = kl + _site_log_prob(guide_tr.nodes[c]) - _site_log_prob(site)
-            continue
-        labels = labels - _site_log_prob(site)  # observed (masked to the labelled entries)
-        if unobserved_site(c) in guide_tr.nodes:
-            name = unobserved_site(c)
-            kl = kl + _site_log_prob(guide_tr.nodes[name]) - _site_log_prob(model_tr.nodes[name])
+        q = torch.distributions.Normal(post.style_loc, post.style_scale)
+        kl = kl + torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum()
+    loc = model.decode(c, style)
+    recon = -dist.Normal(loc, model.pixel_scales()).to_event(len(model.image_shape)).log_prob(x).sum() / N
     if u is not None:
         observed = ~torch.isnan(u)
         reading = torch.distributions.Normal(post.loc, post.scale).log_prob(u.nan_to_num(0.0))
-        encoder = -(reading * observed).sum() / N
+        encoder = -(reading * observed).sum() / observed.any(-1).sum().clamp_min(1)
     else:
         encoder = x.new_zeros(())
     if model.spec.learned:
@@ -150,7 +167,7 @@ def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
         if u is not None:
             complete = ~torch.isnan(u).any(-1)  # [N] fully labelled images
             uc = u.nan_to_num(0.0)
-            label_loss = (((uc - model.mechanisms(uc, A)) ** 2).sum(-1) * complete).sum() / N
+            label_loss = (((uc - model.mechanisms(uc, A)) ** 2).sum(-1) * complete).sum() / complete.sum().clamp_min(1)
         else:
             label_loss = x.new_zeros(())
         dag = model.al.penalty(model.acyclicity())

@@ -40,7 +40,7 @@ from ._validation import (
     check_scale,
 )
 from .dag import AugmentedLagrangian, GraphSpec, acyclicity, causal_order, edge_mask, order_mask, to_networkx
-from .equations import MECHANISMS, NOISES, AdditiveNoise, Mechanisms, NoiseSplines
+from .equations import MECHANISMS, NOISES, AdditiveNoise, Mechanisms, NoiseSplines, additive_noise_log_prob
 from .nets import CompositeConvDecoder, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, check_image_size
 
 
@@ -540,6 +540,26 @@ class CausalVAE(PyroModule):
             loc = self.mechanisms(self._inputs(values, parents[i], [], eps.shape[0]), A, i)
             values[i] = self.concept_distribution(i, loc, s, splines, not parents[i]).transforms[0](eps[..., i])
         return torch.stack(values, -1)
+
+    def concept_log_prob(self, c: torch.Tensor) -> torch.Tensor:
+        """The concept sites' log-densities as a tensor function: ``log p(c_i | parents(c))`` under the
+        structural equations, every concept in one batched call (no Pyro sites, no loop over concepts).
+
+        Equal to each site's ``log_prob`` in a trace of :meth:`model` with these values (the mechanisms
+        read the same edges of :attr:`scm_adjacency`, with the same straight-through gradient while
+        training); the training loss uses it in place of ``K`` site densities.
+
+        :param c: concept values ``[N, K]`` (normalised; every entry given).
+        :returns: ``[N, K]`` log-densities (float32, also under an autocast).
+        """
+        with torch.autocast(self.label_loc.device.type, enabled=False):
+            c = c.float()
+            keep = self.edge_mask()
+            loc = self.mechanisms(c, self.scm_adjacency())  # [N, K]; g_i reads A[:, i]'s edges only
+            splines = self.noise_splines() if self.noise_splines is not None else None
+            roots = keep.sum(0) == 0  # spline noise for the roots (concept_distribution)
+            bound = self.noise_splines.bound if self.noise_splines is not None else 3.0
+            return additive_noise_log_prob(c, loc, self.noise_scales(), splines, roots, bound)
 
     def descendants_mask(self) -> torch.Tensor:
         """``[K, K]`` booleans: ``[k, i]`` is True when concept ``i`` is a descendant of ``k`` in :meth:`graph`."""

@@ -130,15 +130,50 @@ def test_predictive_and_render_model():
     assert not {("a", "d"), ("b", "d"), ("c", "d"), ("d", "c"), ("a", "c")} & edges
 
 
-def test_elbo_terms_equal_pyro_trace_elbo():
-    model = chain_model()
+def _learned_chain_model(**kw):
+    """A learned graph in training mode: A holds the chain's edges, one entry the edge rule cuts (a -> c,
+    read with a straight-through gradient only) and one against the causal order (c -> a)."""
+    model = CausalVAE(CONCEPTS, (10,), hidden=16, mechanism_hidden=8, **kw)
+    model.init_from_order([0, 1, 2, 3])
+    with torch.no_grad():
+        model.A_raw.zero_()
+        model.A_raw[0, 1], model.A_raw[1, 2], model.A_raw[0, 2], model.A_raw[2, 0] = 0.9, -0.7, 0.01, 0.5
+    return model.train()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: chain_model(),
+    lambda: chain_model(noise="normal", mechanism="linear"),
+    lambda: _learned_chain_model(),
+    lambda: _learned_chain_model(style_dim=1, noise="normal"),
+], ids=["known-spline-style", "known-linear-normal", "learned-training", "learned-style"])
+def test_elbo_terms_equal_pyro_trace_elbo(make):
+    """The loss's batched tensor form of the ELBO equals Pyro's TraceMeanField_ELBO on the model and the
+    guide (the same draws): values, and the gradient of every parameter."""
+    model = make()
     x, u = data()
+    with torch.no_grad():  # the splines away from the identity
+        for name, prm in model.named_parameters():
+            if name.startswith("noise_splines"):
+                prm.add_(0.3 * torch.randn_like(prm))
+    assert model.graph().has_edge("a", "b") and not model.graph().has_edge("a", "c")
+    params = [p for p in model.parameters()]
     for labels in (u, None, _with_missing(u)):
         pyro.set_rng_seed(3)
         terms = loss_terms(model, x, labels)
+        ours = terms["recon"] + terms["kl"] + terms["labels"]
+        grads = torch.autograd.grad(ours, params, allow_unused=True)
         pyro.set_rng_seed(3)
         expected = pyro_elbo_loss(model, x, labels)
-        assert_close(terms["recon"] + terms["kl"] + terms["labels"], expected, rtol=1e-5, atol=1e-3)
+        ref = torch.autograd.grad(expected, params, allow_unused=True)
+        assert_close(ours, expected, rtol=1e-5, atol=1e-3)
+        for (name, _), g, r in zip(model.named_parameters(), grads, ref):
+            g = torch.zeros_like(_) if g is None else g
+            r = torch.zeros_like(_) if r is None else r
+            assert_close(g, r, rtol=1e-4, atol=1e-5, msg=lambda m: f"gradient of {name}: {m}")
+        if model.spec.learned:  # the cut edge a -> c keeps its straight-through gradient
+            i, j = CONCEPTS.index("a"), CONCEPTS.index("c")
+            assert grads[params.index(model.A_raw)][i, j] != 0
 
 
 def _with_missing(u):
