@@ -6,6 +6,13 @@ that epoch is the same set of images whatever the world size, and rank ``r`` of 
 of its ``W`` equal shards (the role ``DistributedSampler`` plays, at batch rather than epoch granularity).
 So a run can stop after any step and resume there, on the same or another number of processes.
 
+Few labels (semi-supervised data): when fewer than ``labelled_share`` of the images carry a label, every
+global batch is made of ``labelled_share`` labelled images and the rest unlabelled ones
+(:func:`balanced_order`; the labelled images are cycled, reshuffled on each pass, and an epoch is one pass
+over the unlabelled images), so the label terms see as many labelled images per step whatever the share
+(Kingma et al. 2014 draw labelled and unlabelled batches separately for the same reason). Also a function
+of ``(seed, epoch)`` only.
+
 Two paths:
 
 - resident: a dataset with an ``images`` tensor (the synthetic worlds, folders, a preloaded CelebA) is
@@ -44,6 +51,40 @@ def check_batching(n: int, batch_size: int, world_size: int) -> int:
     return n // batch_size
 
 
+def balances(labelled: torch.Tensor | None, batch_size: int, share: float) -> bool:
+    """Whether an epoch follows :func:`balanced_order`: some images are labelled, fewer than ``share`` of
+    them, and the unlabelled ones fill at least one batch."""
+    if labelled is None or share <= 0:
+        return False
+    n, n_lab = labelled.numel(), int(labelled.sum())
+    return 0 < n_lab < share * n and n - n_lab >= batch_size - _labelled_per_batch(batch_size, share)
+
+
+def _labelled_per_batch(batch_size: int, share: float) -> int:
+    return min(batch_size - 1, max(1, round(share * batch_size)))
+
+
+def balanced_order(labelled: torch.Tensor, batch_size: int, share: float, seed: int, epoch: int) -> torch.Tensor:
+    """The global order of one epoch of partly labelled data: ``steps * batch_size`` indices, global batch
+    ``b`` at ``[b * batch_size : (b + 1) * batch_size]``, each holding ``round(share * batch_size)``
+    labelled images and unlabelled ones for the rest, shuffled within the batch (so every rank's shard
+    gets a share of both). ``steps`` = (number of unlabelled images) // (unlabelled per batch).
+
+    :param labelled: ``[n]`` booleans, the images with at least one label.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed * 100003 + epoch)
+    lab, unl = labelled.nonzero().flatten(), (~labelled).nonzero().flatten()
+    b_l = _labelled_per_batch(batch_size, share)
+    b_u = batch_size - b_l
+    steps = unl.numel() // b_u
+    unl = unl[torch.randperm(unl.numel(), generator=g)][: steps * b_u].view(steps, b_u)
+    passes = -(-steps * b_l // lab.numel())
+    lab = torch.cat([lab[torch.randperm(lab.numel(), generator=g)] for _ in range(passes)])[: steps * b_l].view(steps, b_l)
+    batches = torch.cat([lab, unl], 1)
+    mix = torch.stack([torch.randperm(batch_size, generator=g) for _ in range(steps)])
+    return batches.gather(1, mix).flatten()
+
+
 class ShardedBatches(Sampler[list[int]]):
     """Indices of this rank's shard of each global batch of one epoch, from batch ``start`` on.
 
@@ -53,11 +94,18 @@ class ShardedBatches(Sampler[list[int]]):
     :param epoch: epoch index (0-based).
     :param rank: this process's rank; ``world_size``: number of processes.
     :param start: first global batch to yield (a resumed epoch).
+    :param labelled: ``[n]`` booleans (images with a label) or ``None``; with ``labelled_share``, the
+        epoch follows :func:`balanced_order` when :func:`balances` says so.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0,
+                 labelled: torch.Tensor | None = None, labelled_share: float = 0.0):
         self.steps = check_batching(n, batch_size, world_size)
-        self.perm = epoch_permutation(n, seed, epoch)
+        if balances(labelled, batch_size, labelled_share):
+            self.perm = balanced_order(labelled, batch_size, labelled_share, seed, epoch)
+            self.steps = self.perm.numel() // batch_size
+        else:
+            self.perm = epoch_permutation(n, seed, epoch)
         self.batch_size, self.rank, self.world_size, self.start = batch_size, rank, world_size, start
 
     def shard(self, b: int) -> torch.Tensor:
@@ -81,14 +129,20 @@ class BatchFeed:
     :param n: its number of images.
     :param device: where batches are delivered.
     :param num_workers: DataLoader worker processes for the streamed path (ignored when resident).
+    :param labelled_share: the share of labelled images in each batch when the data has fewer (see the
+        module docstring); ``0``: plain shuffling.
     """
 
     def __init__(self, dataset, n: int, batch_size: int, seed: int, device: torch.device, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0):
+                 world_size: int = 1, num_workers: int = 0, labelled_share: float = 0.0):
         self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.n = n
-        self.steps_per_epoch = check_batching(self.n, batch_size, world_size)
+        labels = getattr(dataset, "labels", None)
+        self.labelled_rows = ~torch.isnan(labels).all(-1) if isinstance(labels, torch.Tensor) else None
+        self.labelled_share = labelled_share
+        self.balanced = balances(self.labelled_rows, batch_size, labelled_share)
+        self.steps_per_epoch = len(self._sampler(0))
         images = getattr(dataset, "images", None)
         self.resident = isinstance(images, torch.Tensor)
         if self.resident:
@@ -105,9 +159,13 @@ class BatchFeed:
     def _x(self, raw: torch.Tensor) -> torch.Tensor:
         return raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw.float()
 
+    def _sampler(self, epoch: int, start: int = 0) -> ShardedBatches:
+        return ShardedBatches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world_size, start,
+                              self.labelled_rows, self.labelled_share)
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """This rank's batches of ``epoch`` from global batch ``start`` on."""
-        sampler = ShardedBatches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world_size, start)
+        sampler = self._sampler(epoch, start)
         if self.resident:
             sampler.perm = sampler.perm.to(self.device)  # shards are indexed on the device
             for b in range(start, sampler.steps):

@@ -167,9 +167,10 @@ def _check_settings(**kw) -> None:
             raise ValueError(f"{name} must be {kind}, got {v!r}")
         if v > hi:
             raise ValueError(f"{name} must be at most {hi}, got {v!r}")
-    p = kw["label_dropout"]
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"label_dropout must be a number in [0, 1), got {p!r}")
+    for name in ("label_dropout", "labelled_share"):
+        p = kw[name]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"{name} must be a number in [0, 1), got {p!r}")
     lr = kw["lr"]
     if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < math.inf):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
@@ -190,7 +191,8 @@ def _check_settings(**kw) -> None:
 
 
 _SETTINGS = ("seed", "epochs", "batch_size", "keep_last", "al_every", "lr", "warm_start_steps", "checkpoint_every",
-             "num_workers", "checkpoint_interval", "peer_timeout", "precision", "weights", "label_dropout", "equation_steps")
+             "num_workers", "checkpoint_interval", "peer_timeout", "precision", "weights", "label_dropout", "labelled_share",
+             "equation_steps")
 
 
 #: default of ``fit(equation_steps=...)``: Adam steps fitting the structural equations to the labels before SVI
@@ -314,6 +316,7 @@ def fit(
     warm_start_steps: int = 2000,
     prune: bool = True,
     label_dropout: float = 0.5,
+    labelled_share: float = 0.5,
     equation_steps: int | None = None,
     precision: str = "fp32",
     num_workers: int = 0,
@@ -381,6 +384,10 @@ def fit(
         to the decoder, and the encoder learns to read them from the auxiliary term alone (slowly:
         measured on Pendulum, 64 px, 3 epochs: encoder R^2 0.19-0.97 per concept without, see
         docs/method.md). ``0``: never.
+    :param labelled_share: partly labelled data: when fewer than this share of the images carry a label,
+        every batch holds this share of labelled images (cycled through the epoch) and unlabelled ones for
+        the rest, and an epoch is one pass over the unlabelled images (:mod:`~pyro_causalvae.data_feed`);
+        ``0``: batches drawn from all images alike. Measured with 10 % labels in docs/results.md.
     :param precision: ``"fp32"`` (default) or ``"bf16"`` (``torch.autocast`` to bfloat16 around the loss;
         parameters, optimiser state and the penalties stay float32).
     :param num_workers: DataLoader workers for datasets read from disk (ignored for resident data).
@@ -404,7 +411,8 @@ def fit(
     _check_settings(seed=seed, epochs=epochs, batch_size=batch_size, keep_last=keep_last, al_every=al_every, lr=lr,
                     warm_start_steps=warm_start_steps, checkpoint_every=checkpoint_every, num_workers=num_workers,
                     checkpoint_interval=checkpoint_interval, peer_timeout=peer_timeout, precision=precision,
-                    weights=weights, label_dropout=label_dropout, equation_steps=equation_steps)
+                    weights=weights, label_dropout=label_dropout, labelled_share=labelled_share,
+                    equation_steps=equation_steps)
     n = _check_data(model, dataset)
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (the run directory to resume)")
@@ -429,7 +437,7 @@ def fit(
                     cadence=_Cadence(checkpoint_every, checkpoint_interval, ctx), al_every=al_every,
                     progress=progress, extra_config=extra_config, callback=callback, order_search=order_search,
                     warm_start_steps=warm_start_steps, prune=prune, precision=precision, num_workers=num_workers,
-                    label_dropout=label_dropout, equation_steps=equation_steps)
+                    label_dropout=label_dropout, labelled_share=labelled_share, equation_steps=equation_steps)
     except torch.distributed.DistError as err:
         if not ctx.distributed:
             raise
@@ -500,10 +508,10 @@ def _load_for_resume(model, optim, history, sums, latest, out_dir, seed, config,
 
 def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weights, seed, resume, keep_last,
          cadence, al_every, progress, extra_config, callback, order_search, warm_start_steps, prune, precision,
-         num_workers, label_dropout, equation_steps) -> History:
+         num_workers, label_dropout, labelled_share, equation_steps) -> History:
     device = ctx.device
     batch_size = min(batch_size, n)  # a dataset smaller than one batch is one batch
-    feed = BatchFeed(dataset, n, batch_size, seed, device, ctx.rank, ctx.world_size, num_workers)
+    feed = BatchFeed(dataset, n, batch_size, seed, device, ctx.rank, ctx.world_size, num_workers, labelled_share)
     spe = feed.steps_per_epoch
     labelled = feed.labelled
     if labelled and ctx.is_main:
@@ -518,7 +526,7 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
 
     config = {"model": model.config(), "fit": dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, al_every=al_every,
               weights=weights.to_dict(), warm_start_steps=warm_start_steps, precision=precision, world_size=ctx.world_size,
-              label_dropout=label_dropout,
+              label_dropout=label_dropout, labelled_share=labelled_share if feed.balanced else 0.0,
               # what applies to this model and data, not only what was asked
               order_search=bool(order_search and model.spec.learned and labelled and not model.order_initialised),
               equation_steps=equation_steps if labelled and not model.equations_initialised else 0,
