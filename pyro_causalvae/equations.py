@@ -165,7 +165,7 @@ class AdditiveNoise(Transform):
 
 def additive_noise_log_prob(c: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
                             spline: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                            shaped: torch.Tensor | None = None, bound: float = 3.0) -> torch.Tensor:
+                            shaped: list[int] | None = None, bound: float = 3.0) -> torch.Tensor:
     """``log p(c_i | parents)`` of every concept at once: the log-density of
     ``TransformedDistribution(Normal(0, 1), AdditiveNoise(loc_i, s_i, f_i))`` at ``c_i``, batched over the
     concepts (what each concept site's ``log_prob`` gives, in one call: the training loss uses it).
@@ -175,18 +175,22 @@ def additive_noise_log_prob(c: torch.Tensor, loc: torch.Tensor, scale: torch.Ten
     :param scale: noise scales ``s`` ``[K]``.
     :param spline: ``(widths [K, bins], heights [K, bins], derivatives [K, bins - 1])`` of the noise shapes
         ``f_i``, or ``None`` (Gaussian noise for every concept).
-    :param shaped: ``[K]`` booleans: the concepts whose noise goes through their spline (the others:
-        identity); default all, when ``spline`` is given.
+    :param shaped: the indices of the concepts whose noise goes through their spline (the others:
+        identity); default all, when ``spline`` is given. Only these columns enter the spline (its
+        inverse has a square root whose gradient is infinite at some inputs: evaluated on a column that
+        is then discarded, it still turns the gradient into NaN).
     :param bound: half-width of the splines' box.
     :returns: ``[..., K]`` log-densities.
     """
     z = (c - loc) / scale  # f_i(eps_i)
     log_det = -torch.log(scale).expand_as(z)
     if spline is not None:
-        w, h, d = spline  # one spline per concept: input_dim K
-        eps, log_dinv = ConditionedSpline((w, h, d, None), bound=bound, order="quadratic").spline_op(z, inverse=True)
-        if shaped is not None:
-            eps = torch.where(shaped, eps, z)
-            log_dinv = torch.where(shaped, log_dinv, torch.zeros_like(log_dinv))
-        z, log_det = eps, log_det + log_dinv
+        cols = list(range(z.shape[-1])) if shaped is None else list(shaped)
+        if cols:
+            w, h, d = (p[cols] for p in spline)  # one spline per shaped concept: input_dim len(cols)
+            eps, log_dinv = ConditionedSpline((w, h, d, None), bound=bound, order="quadratic").spline_op(
+                z[..., cols], inverse=True)
+            idx = torch.tensor(cols, device=z.device)
+            z = z.index_copy(-1, idx, eps)
+            log_det = log_det.index_copy(-1, idx, log_det[..., cols] + log_dinv)
     return -0.5 * z * z - 0.5 * math.log(2 * math.pi) + log_det

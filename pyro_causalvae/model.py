@@ -554,10 +554,9 @@ class CausalVAE(PyroModule):
         """
         with torch.autocast(self.label_loc.device.type, enabled=False):
             c = c.float()
-            keep = self.edge_mask()
             loc = self.mechanisms(c, self.scm_adjacency())  # [N, K]; g_i reads A[:, i]'s edges only
             splines = self.noise_splines() if self.noise_splines is not None else None
-            roots = keep.sum(0) == 0  # spline noise for the roots (concept_distribution)
+            roots = [i for i, pa in enumerate(self.parents()) if not pa]  # spline noise (concept_distribution)
             bound = self.noise_splines.bound if self.noise_splines is not None else 3.0
             return additive_noise_log_prob(c, loc, self.noise_scales(), splines, roots, bound)
 

@@ -328,3 +328,20 @@ def test_composite_decoder_draws_each_concept_from_its_own_value():
     assert diff[1] > 0 and torch.equal(diff[[0, 2, 3]], torch.zeros(3))
     assert model.config()["decoder"] == "composite"
     assert isinstance(CausalVAE.from_config(model.config()).decoder, CompositeConvDecoder)
+
+
+def test_batched_log_prob_keeps_children_out_of_the_root_splines():
+    """Only the roots' columns enter the spline: a child's column evaluated in a spline and then discarded
+    would still turn the gradient into NaN where the spline's inverse is singular (it made training diverge
+    on Pendulum with 10 % labels). Here the children's spline parameters are NaN: nothing may notice."""
+    from pyro_causalvae.equations import NoiseSplines, additive_noise_log_prob
+
+    w, h, d = (p.detach().clone() for p in NoiseSplines(3)())
+    for p in (w, h, d):
+        p[1:] = float("nan")
+    loc = torch.zeros(5, 3, requires_grad=True)
+    c = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    lp = additive_noise_log_prob(c, loc, torch.ones(3), (w, h, d), shaped=[0])
+    (g,) = torch.autograd.grad(lp.sum(), loc)
+    assert torch.isfinite(lp).all() and torch.isfinite(g).all()
+    assert_close(lp[:, 1:], torch.distributions.Normal(0.0, 1.0).log_prob(c[:, 1:]))
