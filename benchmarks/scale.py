@@ -6,6 +6,8 @@
     python benchmarks/scale.py train                 # training images per CPU-second, K = 4 / 8 / 16
     python benchmarks/scale.py evaluate              # `evaluate` (encodings + MIC/TIC) on 6,000 images
     python benchmarks/scale.py memory                # peak RSS against the dataset's size
+    python benchmarks/scale.py threads 1 2           # the graph stage with 1 / 2 intra-op threads (run it
+                                                     # while other jobs keep the cores busy: the stall check)
     python benchmarks/scale.py table RESULTS.jsonl   # the graph table of earlier runs
 
 Run it under `/work/tools/cpu-run` (one CPU slot); the libraries need the `bench` extra
@@ -324,6 +326,29 @@ def cmd_memory(args) -> None:
                                  f"(images alone {n * 3 * args.size**2 / 2**30:.2f} GB)"), flush=True)
 
 
+# ------------------------------------------------------------------------------------ threads
+
+
+def cmd_threads(args) -> None:
+    import pyro
+    import torch
+
+    from pyro_causalvae import CausalVAE
+    from pyro_causalvae.datasets import Pendulum
+    from pyro_causalvae.discovery import choose_order_and_warm_start
+
+    data = Pendulum(split="train")
+    print(f"the graph stage on Pendulum's {len(data)} training labels (order search + warm start), in a process "
+          f"whose torch default is {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
+    for threads in args.threads:
+        pyro.set_rng_seed(0)
+        model = CausalVAE(data.concepts, (8,), label_loc=data.label_loc, label_scale=data.label_scale)
+        t0, c0 = time.perf_counter(), time.process_time()
+        choose_order_and_warm_start(model, data.labels_normalised, seed=0, threads=threads)
+        print(f"threads = {threads}: {time.perf_counter() - t0:.1f} s wall, {time.process_time() - c0:.1f} CPU-s, "
+              f"graph {sorted(model.graph().edges())}", flush=True)
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -349,15 +374,18 @@ def main() -> None:
     m = sub.add_parser("memory", help="peak RSS against the dataset's size")
     m.add_argument("--images", type=int, nargs="+", default=[2000, 10000, 40000])
     m.add_argument("--size", type=int, default=64)
+    th = sub.add_parser("threads", help="the graph stage with 1 / 2 intra-op threads")
+    th.add_argument("threads", type=int, nargs="*", default=[1, 2])
     tb = sub.add_parser("table", help="print the graph table of a results file")
     tb.add_argument("out")
     args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.cmd != "threads":
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.cmd == "table":
         print_table(Path(args.out))
     else:
         {"graph": cmd_graph, "worlds": cmd_worlds, "train": cmd_train, "evaluate": cmd_evaluate,
-         "memory": cmd_memory}[args.cmd](args)
+         "memory": cmd_memory, "threads": cmd_threads}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -63,26 +63,30 @@ class Mechanisms(nn.Module):
         self.W3 = nn.Parameter(torch.randn(n, hidden) / math.sqrt(hidden))
         self.b3 = nn.Parameter(torch.zeros(n))
 
-    def forward(self, c: torch.Tensor, A: torch.Tensor, i: int | None = None) -> torch.Tensor:
+    def forward(self, c: torch.Tensor, A: torch.Tensor, i: int | None = None, detach: bool = False) -> torch.Tensor:
         """Mechanism outputs.
 
         :param c: concept values ``[..., n]`` (a non-parent's entry is ignored where ``A`` is 0).
         :param A: edge weights ``[n, n]`` (already masked to the graph).
         :param i: compute only concept ``i`` (returns ``[...]``), or all (``[..., n]``).
+        :param detach: the same values with the networks' parameters held (gradient to ``c`` and ``A``
+            only).
         """
         if self.kind == "linear":
+            bias = self.bias.detach() if detach else self.bias
             if i is None:
-                return c @ A + self.bias
-            return c @ A[:, i] + self.bias[i]
-        V = self.V / self.V.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # [j, i, H], unit rows
+                return c @ A + bias
+            return c @ A[:, i] + bias[i]
+        V, b1, W2, b2, W3, b3 = (p.detach() if detach else p for p in (self.V, self.b1, self.W2, self.b2, self.W3, self.b3))
+        V = V / V.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # [j, i, H], unit rows
         if i is None:
             W1 = V * A[:, :, None]  # [j, i, H]
-            h = F.silu(torch.einsum("...j,jih->...ih", c, W1) + self.b1)  # [..., i, H]
-            h = F.silu(torch.einsum("...ih,ihk->...ik", h, self.W2) + self.b2)
-            return (h * self.W3).sum(-1) + self.b3
-        h = F.silu(c @ (V[:, i] * A[:, i, None]) + self.b1[i])  # [..., H]
-        h = F.silu(h @ self.W2[i] + self.b2[i])
-        return h @ self.W3[i] + self.b3[i]
+            h = F.silu(torch.einsum("...j,jih->...ih", c, W1) + b1)  # [..., i, H]
+            h = F.silu(torch.einsum("...ih,ihk->...ik", h, W2) + b2)
+            return (h * W3).sum(-1) + b3
+        h = F.silu(c @ (V[:, i] * A[:, i, None]) + b1[i])  # [..., H]
+        h = F.silu(h @ W2[i] + b2[i])
+        return h @ W3[i] + b3[i]
 
 
 class NoiseSplines(nn.Module):

@@ -541,7 +541,7 @@ class CausalVAE(PyroModule):
             values[i] = self.concept_distribution(i, loc, s, splines, not parents[i]).transforms[0](eps[..., i])
         return torch.stack(values, -1)
 
-    def concept_log_prob(self, c: torch.Tensor) -> torch.Tensor:
+    def concept_log_prob(self, c: torch.Tensor, held: torch.Tensor | None = None) -> torch.Tensor:
         """The concept sites' log-densities as a tensor function: ``log p(c_i | parents(c))`` under the
         structural equations, every concept in one batched call (no Pyro sites, no loop over concepts).
 
@@ -550,15 +550,24 @@ class CausalVAE(PyroModule):
         training); the training loss uses it in place of ``K`` site densities.
 
         :param c: concept values ``[N, K]`` (normalised; every entry given).
+        :param held: ``[N]`` booleans or ``None``: rows whose densities pass gradient to ``c`` only, not to
+            the structural equations' parameters (``A``, the mechanisms, the noise scales and shapes); the
+            same values. The loss holds them on the rows whose labels it hides from the ELBO (label dropout).
         :returns: ``[N, K]`` log-densities (float32, also under an autocast).
         """
         with torch.autocast(self.label_loc.device.type, enabled=False):
             c = c.float()
-            loc = self.mechanisms(c, self.scm_adjacency())  # [N, K]; g_i reads A[:, i]'s edges only
-            splines = self.noise_splines() if self.noise_splines is not None else None
             roots = [i for i, pa in enumerate(self.parents()) if not pa]  # spline noise (concept_distribution)
             bound = self.noise_splines.bound if self.noise_splines is not None else 3.0
-            return additive_noise_log_prob(c, loc, self.noise_scales(), splines, roots, bound)
+            A, scales = self.scm_adjacency(), self.noise_scales()
+            splines = self.noise_splines() if self.noise_splines is not None else None
+            out = additive_noise_log_prob(c, self.mechanisms(c, A), scales, splines, roots, bound)
+            if held is None:
+                return out
+            splines = None if splines is None else tuple(p.detach() for p in splines)
+            fixed = additive_noise_log_prob(c, self.mechanisms(c, A.detach(), detach=True), scales.detach(), splines,
+                                            roots, bound)
+            return torch.where(held[:, None], fixed, out)
 
     def descendants_mask(self) -> torch.Tensor:
         """``[K, K]`` booleans: ``[k, i]`` is True when concept ``i`` is a descendant of ``k`` in :meth:`graph`."""

@@ -5,7 +5,8 @@ A deterministic child's noise scale must fall from its initial 0.47 to its mecha
 0.01-0.07 on Pendulum's normalised labels): at Adam's step size of 1e-3 that takes thousands of steps,
 and until then the model's joint distribution (its "seeing" answers, its prior samples) is far too wide.
 Fitting the equations to the labelled rows first, by maximum likelihood on the concept sites alone
-(:meth:`~pyro_causalvae.model.CausalVAE.concept_model`, no images), takes seconds.
+(:meth:`~pyro_causalvae.model.CausalVAE.concept_log_prob`: the densities of the concept sites of
+:meth:`~pyro_causalvae.model.CausalVAE.concept_model`, no images), takes seconds.
 
 What is fitted: the mechanisms ``g_i``, the noise scales ``s_i`` and the roots' noise splines ``f_i``; the
 graph (``A``) is held, as the order search and its warm start (:mod:`pyro_causalvae.discovery`) or the
@@ -16,7 +17,6 @@ known graph left it. So with ``mechanism="linear"`` (``g_i = sum_j A[j, i] c_j +
 from __future__ import annotations
 
 import torch
-from pyro import poutine
 
 __all__ = ["fit_structural_equations"]
 
@@ -42,9 +42,8 @@ def fit_structural_equations(model, labels: torch.Tensor, steps: int = 1000, bat
     was_training = model.training
     model.eval()  # the graph as reported, no straight-through edges: A is held
 
-    def nll(u: torch.Tensor) -> torch.Tensor:
-        tr = poutine.trace(model.concept_model).get_trace(u)
-        return -sum(tr.nodes[c]["fn"].log_prob(u[:, i]).mean() for i, c in enumerate(model.concepts))
+    def nll(u: torch.Tensor) -> torch.Tensor:  # the concept sites' densities, batched over the concepts
+        return -model.concept_log_prob(u).mean(0).sum()
 
     with torch.no_grad():
         before = float(nll(rows))

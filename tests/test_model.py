@@ -345,3 +345,30 @@ def test_batched_log_prob_keeps_children_out_of_the_root_splines():
     (g,) = torch.autograd.grad(lp.sum(), loc)
     assert torch.isfinite(lp).all() and torch.isfinite(g).all()
     assert_close(lp[:, 1:], torch.distributions.Normal(0.0, 1.0).log_prob(c[:, 1:]))
+
+
+def test_hidden_labels_train_the_encoder_but_not_the_structural_equations():
+    """Label dropout: a labelled row whose labels the ELBO hides passes gradient to the encoder (through
+    its drawn concepts) but none to the structural equations (mechanisms, noise scales, A); an unlabelled
+    row still trains them."""
+    model = chain_model().train()
+    x, u = data()
+    eqs = [model.mechanisms.W3, model.noise_scale_raw]
+    u_one = u.clone()
+    u_one[1:] = float("nan")  # image 0 labelled (and hidden below), the others unlabelled
+    hide = torch.zeros(6, dtype=torch.bool)
+    hide[0] = True
+
+    def grads(hide_rows, labels):
+        pyro.set_rng_seed(0)
+        t = loss_terms(model, x, labels, hide_rows)
+        return torch.autograd.grad(t["kl"] + t["labels"], eqs + [model.encoder.net[0].weight], allow_unused=True)
+
+    g_hidden = grads(hide, u_one)  # the unlabelled images 1-5 train the equations
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in g_hidden)
+    everything_held = grads(torch.ones(6, dtype=torch.bool), u.clone())  # every row labelled and hidden
+    for g in everything_held[:2]:
+        assert g is None or g.abs().sum() == 0
+    assert everything_held[-1].abs().sum() > 0
+    none_held = grads(torch.ones(6, dtype=torch.bool), None)  # unlabelled images: nothing is held
+    assert none_held[0].abs().sum() > 0 and none_held[1].abs().sum() > 0
