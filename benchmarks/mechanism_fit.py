@@ -1,0 +1,78 @@
+"""How well the structural equations fit the labels: what bounds the prior's physics (issue 12; not a test).
+
+    python benchmarks/mechanism_fit.py warm-start --dataset pendulum     # the warm start alone, a few settings
+    python benchmarks/mechanism_fit.py run runs/sg2/pendulum-seed0       # a trained run (Pendulum or Flow)
+
+A prior draw of a child is its mechanism of the drawn parents plus its noise, so its error against the true
+mechanism is about sqrt(residual^2 + s^2), where the residual is the RMS of (label - g(parents' labels)).
+
+``warm-start``: `warm_start.fit_structural_equations` on the training labels, the true graph, for each
+(mechanism_hidden, steps, lr) of the grid; prints each child's residual on the labels and noise scale.
+``run``: for a trained run, on 500 test images: each child's noise scale, its residual on the labels and on
+the encoder's readings, the guide's sd and the encoder's error (normalised units).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pyro
+import torch
+
+from pyro_causalvae import CausalVAE, load_model
+from pyro_causalvae.datasets import Flow, Pendulum
+from pyro_causalvae.warm_start import fit_structural_equations
+
+GRID = [(32, 1000, 1e-2), (32, 4000, 1e-2), (64, 4000, 1e-2), (32, 4000, 3e-3)]
+
+
+def cmd_warm_start(args) -> None:
+    data = (Pendulum if args.dataset == "pendulum" else Flow)(split="train")
+    u = data.labels_normalised
+    for hidden, steps, lr in GRID:
+        pyro.set_rng_seed(0)
+        model = CausalVAE(data.concepts, (8,), graph=data.graph, mechanism_hidden=hidden, label_loc=data.label_loc,
+                          label_scale=data.label_scale)
+        t0 = time.perf_counter()
+        fit_structural_equations(model, u, steps=steps, lr=lr)
+        with torch.no_grad():
+            g, s = model.mechanisms(u, model.scm_adjacency()), model.noise_scales()
+        cells = [f"{c}: residual {float((u[:, i] - g[:, i]).pow(2).mean().sqrt()):.4f}, s {float(s[i]):.4f}"
+                 for i, c in enumerate(model.concepts) if model.parents()[i]]
+        print(f"hidden {hidden:>3}, {steps} steps, lr {lr:g} ({time.perf_counter() - t0:.0f} s): " + "; ".join(cells),
+              flush=True)
+
+
+@torch.no_grad()
+def cmd_run(args) -> None:
+    model = load_model(args.run).eval()
+    name = "pendulum" if "shadow_length" in model.concepts else "flow"
+    test = (Pendulum if name == "pendulum" else Flow)(split="test")
+    x, u = test.images[:500].float() / 255, test.labels_normalised[:500]
+    post = model.posterior(x)
+    A, s = model.scm_adjacency(), model.noise_scales()
+    g_lab, g_enc = model.mechanisms(u, A), model.mechanisms(post.loc, A)
+    rms = lambda v: float(v.pow(2).mean().sqrt())  # noqa: E731
+    for i, c in enumerate(model.concepts):
+        line = f"{c:<16} guide sd {float(post.scale[:, i].mean()):.4f}  encoder error {rms(post.loc[:, i] - u[:, i]):.4f}"
+        if model.parents()[i]:
+            line += (f"  s {float(s[i]):.4f}  residual on labels {rms(u[:, i] - g_lab[:, i]):.4f}"
+                     f"  on readings {rms(post.loc[:, i] - g_enc[:, i]):.4f}")
+        print(line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("warm-start")
+    w.add_argument("--dataset", default="pendulum", choices=["pendulum", "flow"])
+    r = sub.add_parser("run")
+    r.add_argument("run")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    {"warm-start": cmd_warm_start, "run": cmd_run}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
