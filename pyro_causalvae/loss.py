@@ -148,10 +148,11 @@ def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
     missing = torch.ones_like(z, dtype=torch.bool) if seen is None else torch.isnan(seen)
     c = z if seen is None else torch.where(missing, z, seen.nan_to_num(0.0))
     # Labelled rows whose labels are hidden (label dropout) are there to train the encoder through the
-    # decoder. Their concepts are the guide's noisy draws: fitting the structural equations to them
-    # flattened the mechanisms (errors in variables: shadow_position's residual on the labels went from
-    # 0.006 after the warm start to 0.022 after SVI), so these rows pass no gradient to the equations,
-    # which learn from the labels of the other rows. Unlabelled images still train them.
+    # decoder. Their concepts are the guide's noisy draws, and fitting the structural equations to those
+    # where the labels are known flattens the mechanisms (errors in variables; measured on Flow: the prior's
+    # water_flow error 0.046 -> 0.024, seeing 5 -> 7 of 9 rows, docs/results.md). So these rows pass no
+    # gradient to the equations, which learn from the labels of the other rows; unlabelled images still
+    # train them.
     held = None if u is None or hide is None else hide & ~torch.isnan(u).all(-1)
     log_p = model.concept_log_prob(c, held=held)  # [N, K]
     log_q = torch.distributions.Normal(post.loc, post.scale).log_prob(z)
