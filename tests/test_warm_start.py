@@ -48,3 +48,30 @@ def test_rows_with_a_missing_label_are_skipped_and_zero_steps_change_nothing():
     assert fit_structural_equations(model, u, steps=0) == {"rows": 50, "steps": 0}
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert fit_structural_equations(model, u, steps=5)["rows"] == 50
+
+
+def test_edges_are_rescaled_to_a_strongest_of_one_and_the_graph_is_kept():
+    """Small edge weights mean small mechanism inputs (a worse fit): the fit first scales each concept's
+    incoming edges so that the strongest is 1; ratios, non-edges and the graph stay.
+
+        a --> c <-- b        (A: a->c 0.1, b->c -0.05, a->b 0.004: below the edge rule)
+    """
+    from pyro_causalvae.warm_start import unit_edge_scale
+
+    model = CausalVAE(["a", "b", "c"], (3, 16, 16), channels=8, hidden=16)  # a learned graph
+    model.init_from_order([0, 1, 2])
+    with torch.no_grad():
+        model.A_raw.zero_()
+        model.A_raw[0, 2], model.A_raw[1, 2], model.A_raw[0, 1] = 0.1, -0.05, 0.004
+    graph = sorted(model.graph().edges())
+    assert graph == [("a", "c"), ("b", "c")]
+    unit_edge_scale(model)
+    A = model.adjacency.detach()
+    assert torch.allclose(A[:, 2], torch.tensor([1.0, -0.5, 0.0]))
+    assert float(A[0, 1]) == float(torch.tensor(0.004))  # not an edge: unchanged
+    assert sorted(model.graph().edges()) == graph
+    linear = CausalVAE(["a", "b"], (3, 16, 16), graph=[("a", "b")], mechanism="linear", channels=8, hidden=16)
+    with torch.no_grad():
+        linear.A_raw[0, 1] = 0.3
+    fit_structural_equations(linear, labels(50), steps=2)
+    assert float(linear.A_raw[0, 1].detach()) == float(torch.tensor(0.3))  # a linear mechanism's slopes are A's own: never rescaled
