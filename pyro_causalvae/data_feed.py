@@ -142,7 +142,10 @@ class BatchFeed:
         self.labelled_rows = ~torch.isnan(labels).all(-1) if isinstance(labels, torch.Tensor) else None
         self.labelled_share = labelled_share
         self.balanced = balances(self.labelled_rows, batch_size, labelled_share)
-        self.steps_per_epoch = len(self._sampler(0))
+        self.steps_per_epoch = check_batching(self.n, batch_size, world_size)
+        if self.balanced:  # one pass over the unlabelled images (balanced_order), without drawing an order
+            unlabelled = self.n - int(self.labelled_rows.sum())
+            self.steps_per_epoch = unlabelled // (batch_size - _labelled_per_batch(batch_size, labelled_share))
         images = getattr(dataset, "images", None)
         self.resident = isinstance(images, torch.Tensor)
         if self.resident:
