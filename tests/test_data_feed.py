@@ -69,3 +69,14 @@ def test_fit_on_partly_labelled_data_uses_balanced_batches(tmp_path):
     hist = fit(CausalVAE(["a", "b"], (3, 16, 16), graph=[("a", "b")], channels=8, hidden=16), ds, epochs=1,
                batch_size=8, progress=False, labelled_share=0.0, order_search=False)
     assert hist.rows[0]["step"] == 8
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, True, "half", float("nan")])
+def test_fit_refuses_a_bad_labelled_share_before_any_work(bad):
+    from pyro_causalvae import CausalVAE, fit
+    from pyro_causalvae.datasets import ConceptImageDataset
+
+    ds = ConceptImageDataset(torch.zeros(8, 3, 16, 16, dtype=torch.uint8), torch.zeros(8, 2), ["a", "b"])
+    model = CausalVAE(["a", "b"], (3, 16, 16), channels=8, hidden=16)
+    with pytest.raises(ValueError, match="labelled_share must be a number in \\[0, 1\\)"):
+        fit(model, ds, epochs=1, batch_size=8, progress=False, labelled_share=bad)
