@@ -57,11 +57,16 @@ def balances(labelled: torch.Tensor | None, batch_size: int, share: float) -> bo
     if labelled is None or share <= 0:
         return False
     n, n_lab = labelled.numel(), int(labelled.sum())
-    return 0 < n_lab < share * n and n - n_lab >= batch_size - _labelled_per_batch(batch_size, share)
+    return 0 < n_lab < share * n and balanced_steps(labelled, batch_size, share) >= 1
 
 
 def _labelled_per_batch(batch_size: int, share: float) -> int:
     return min(batch_size - 1, max(1, round(share * batch_size)))
+
+
+def balanced_steps(labelled: torch.Tensor, batch_size: int, share: float) -> int:
+    """Global batches in one epoch of :func:`balanced_order`: one pass over the unlabelled images."""
+    return int((~labelled).sum()) // (batch_size - _labelled_per_batch(batch_size, share))
 
 
 def balanced_order(labelled: torch.Tensor, batch_size: int, share: float, seed: int, epoch: int) -> torch.Tensor:
@@ -76,7 +81,7 @@ def balanced_order(labelled: torch.Tensor, batch_size: int, share: float, seed: 
     lab, unl = labelled.nonzero().flatten(), (~labelled).nonzero().flatten()
     b_l = _labelled_per_batch(batch_size, share)
     b_u = batch_size - b_l
-    steps = unl.numel() // b_u
+    steps = balanced_steps(labelled, batch_size, share)
     unl = unl[torch.randperm(unl.numel(), generator=g)][: steps * b_u].view(steps, b_u)
     passes = -(-steps * b_l // lab.numel())
     lab = torch.cat([lab[torch.randperm(lab.numel(), generator=g)] for _ in range(passes)])[: steps * b_l].view(steps, b_l)
@@ -143,9 +148,8 @@ class BatchFeed:
         self.labelled_share = labelled_share
         self.balanced = balances(self.labelled_rows, batch_size, labelled_share)
         self.steps_per_epoch = check_batching(self.n, batch_size, world_size)
-        if self.balanced:  # one pass over the unlabelled images (balanced_order), without drawing an order
-            unlabelled = self.n - int(self.labelled_rows.sum())
-            self.steps_per_epoch = unlabelled // (batch_size - _labelled_per_batch(batch_size, labelled_share))
+        if self.balanced:
+            self.steps_per_epoch = balanced_steps(self.labelled_rows, batch_size, labelled_share)
         images = getattr(dataset, "images", None)
         self.resident = isinstance(images, torch.Tensor)
         if self.resident:

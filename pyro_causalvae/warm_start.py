@@ -34,8 +34,7 @@ def unit_edge_scale(model) -> None:
     rule reads, are kept), the others stay below the rule.
     """
     keep = model.edge_mask()
-    A = model.A_raw * model.support
-    strongest = (A.abs() * keep).amax(0)  # [K] per child
+    strongest = (model.adjacency.abs() * keep).amax(0)  # [K] per child
     gain = torch.where(strongest > 0, 1.0 / strongest.clamp_min(1e-12), torch.ones_like(strongest))
     model.A_raw.copy_(torch.where(keep.bool(), model.A_raw * gain, model.A_raw))
 
