@@ -70,7 +70,8 @@ def _model(name: str, D, run: str | None, seed: int, epochs: int, size: int, sav
         return load_model(run).eval(), 0.0
     train = D(split="train", size=size)
     pyro.set_rng_seed(seed)
-    model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale)
+    model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale,
+                      decoder_groups=train.object_groups)
     out_dir = None if save_runs is None else save_runs / f"{name}-seed{seed}"
     t0 = time.perf_counter()
     fit(model, train, epochs=epochs, seed=seed, progress=False, out_dir=out_dir,

@@ -48,7 +48,8 @@ def main() -> None:
     for bs in args.batch_size:
         for precision in args.precision:
             pyro.set_rng_seed(args.seed)
-            model = CausalVAE(data.concepts, data.image_shape, label_loc=data.label_loc, label_scale=data.label_scale)
+            model = CausalVAE(data.concepts, data.image_shape, label_loc=data.label_loc, label_scale=data.label_scale,
+                              decoder_groups=data.object_groups)
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()

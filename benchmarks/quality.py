@@ -48,7 +48,8 @@ def run(name: str, seed: int, epochs: int, runs: Path) -> dict:
     else:
         train = D(split="train")
         pyro.set_rng_seed(seed)
-        model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale)
+        model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale,
+                          decoder_groups=train.object_groups)
         hist = fit(model, train, epochs=epochs, seed=seed, progress=False, out_dir=out, resume=done is not None,
                    extra_config={"data": {"dataset": name, "size": 96, "data_seed": 0, "noise": 0.0}})
         pruned = hist.pruned

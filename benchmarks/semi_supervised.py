@@ -69,7 +69,8 @@ def run(name: str, seed: int, variant: str, epochs: int, fraction: float, share:
         model, how = load_model(out), "reused"
     else:
         pyro.set_rng_seed(seed)
-        model = CausalVAE(data.concepts, data.image_shape, label_loc=data.label_loc, label_scale=data.label_scale)
+        model = CausalVAE(data.concepts, data.image_shape, label_loc=data.label_loc, label_scale=data.label_scale,
+                          decoder_groups=data.object_groups)
         fit(model, data, epochs=epochs_here, seed=seed, progress=False, out_dir=out, resume=done is not None,
             labelled_share=share)
         how = f"trained in {time.perf_counter() - t0:.0f} s"

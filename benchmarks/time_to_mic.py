@@ -41,7 +41,8 @@ def main() -> None:
     train, test = Pendulum(split="train"), Pendulum(split="test")
     t_data = time.perf_counter() - t_start
     pyro.set_rng_seed(args.seed)
-    model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale)
+    model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale,
+                      decoder_groups=train.object_groups)
     spent_eval = 0.0
     rows = []
 

@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py                      # Pendulum and Flow, default `train` settings
     python benchmarks/train_speed.py --epochs 2 --dataset pendulum   # a quick look
+    python benchmarks/train_speed.py --epochs 2 --dataset pendulum --decoder layered joint   # the decoders' cost
 
 For each dataset, in a fresh process (so that peak memory is that run's own): generate the data, time
 training steps at the default settings (images/s over whole epochs, as the training loop reports them),
@@ -21,7 +22,7 @@ import sys
 import time
 
 
-def run_one(name: str, epochs: int, seed: int, graph: str) -> dict:
+def run_one(name: str, epochs: int, seed: int, graph: str, decoder: str) -> dict:
     import pyro
     import torch
 
@@ -34,7 +35,8 @@ def run_one(name: str, epochs: int, seed: int, graph: str) -> dict:
     t_data = time.perf_counter() - t0
     pyro.set_rng_seed(seed)
     model = CausalVAE(data.concepts, data.image_shape, graph="learn" if graph == "learn" else data.graph,
-                      label_loc=data.label_loc, label_scale=data.label_scale)
+                      label_loc=data.label_loc, label_scale=data.label_scale, decoder=decoder,
+                      decoder_groups=None if decoder == "joint" else data.object_groups)
     hist = fit(model, data, epochs=epochs, seed=seed, progress=False)
     learned = model.graph()
     p, r = edge_precision_recall(learned, data.graph)
@@ -51,6 +53,7 @@ def run_one(name: str, epochs: int, seed: int, graph: str) -> dict:
         "images_per_s_best": round(max(ips), 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "graph_mode": graph,
+        "decoder": decoder,
         "learned_edges": [f"{u}->{v}" for u, v in learned.edges()],
         "shd": shd(learned, data.graph),
         "precision": round(p, 3),
@@ -65,6 +68,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="default: the CLI's `train` default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--graph", default="learn", choices=["learn", "true"])
+    ap.add_argument("--decoder", nargs="+", default=["layered"], choices=["layered", "joint", "composite"],
+                    help="decoders to time, one after the other in this run (default: the default, layered)")
     ap.add_argument("--single", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.epochs is None:
@@ -72,19 +77,21 @@ def main() -> None:
 
         args.epochs = build_parser().parse_args(["train", "--dataset", "pendulum", "--out", "x"]).epochs
     if args.single:
-        print(json.dumps(run_one(args.single, args.epochs, args.seed, args.graph)))
+        print(json.dumps(run_one(args.single, args.epochs, args.seed, args.graph, args.decoder[0])))
         return
     for name in args.dataset:
-        cmd = [sys.executable, __file__, "--single", name, "--epochs", str(args.epochs), "--seed", str(args.seed), "--graph", args.graph]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
-        res = json.loads(out.strip().splitlines()[-1])
-        print(f"{name} {res['image_shape']}: {res['images']} train images, data generated in {res['data_seconds']} s")
-        print(f"  training: {res['images_per_s_median']} images/s median over {res['epochs']} epochs "
-              f"(best {res['images_per_s_best']}), {res['train_seconds']} s, {res['threads']} threads")
-        print(f"  peak memory (RSS): {res['peak_rss_gb']} GB")
-        print(f"  graph ({res['graph_mode']}): {', '.join(res['learned_edges']) or '(none)'}; SHD {res['shd']}, "
-              f"precision {res['precision']}, recall {res['recall']}, h(A) {res['h']:.2e}")
-        print("  json:", json.dumps(res))
+        for decoder in args.decoder:
+            cmd = [sys.executable, __file__, "--single", name, "--epochs", str(args.epochs), "--seed", str(args.seed), "--graph", args.graph,
+                   "--decoder", decoder]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
+            res = json.loads(out.strip().splitlines()[-1])
+            print(f"{name} {res['image_shape']}, {decoder} decoder: {res['images']} train images, data generated in {res['data_seconds']} s")
+            print(f"  training: {res['images_per_s_median']} images/s median over {res['epochs']} epochs "
+                  f"(best {res['images_per_s_best']}), {res['train_seconds']} s, {res['threads']} threads")
+            print(f"  peak memory (RSS): {res['peak_rss_gb']} GB")
+            print(f"  graph ({res['graph_mode']}): {', '.join(res['learned_edges']) or '(none)'}; SHD {res['shd']}, "
+                  f"precision {res['precision']}, recall {res['recall']}, h(A) {res['h']:.2e}")
+            print("  json:", json.dumps(res))
 
 
 if __name__ == "__main__":

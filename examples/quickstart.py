@@ -31,7 +31,8 @@ print(train)
 
 # 2. The model: one structural-equation site per concept; the graph is learned.
 pyro.set_rng_seed(0)
-model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale)
+model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale,
+                  decoder_groups=train.object_groups)
 history = fit(model, train, epochs=args.epochs)
 plot_losses(history, out / "losses.png")
 

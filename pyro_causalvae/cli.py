@@ -46,8 +46,9 @@ MAX_SWEEP = 100
 
 def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     from .distributed import DEFAULT_PEER_TIMEOUT
-    from .model import CausalVAE
+    from .model import DECODERS, CausalVAE
 
+    graph_defaults = inspect.signature(CausalVAE.__init__).parameters
     if not demo:
         add_data_arguments(p)
     p.add_argument("--size", type=int, default=None if not demo else 96,
@@ -57,6 +58,12 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--style-dim", type=int, default=0, help="unsupervised style latents outside the graph (default 0: none; a wide style block can absorb the concepts, see docs/method.md)")
+    p.add_argument("--decoder", default=graph_defaults["decoder"].default, choices=DECODERS,
+                   help="joint: one decoder of all concepts; composite: one per object, logits summed; layered: one per "
+                        "object, each painting a layer with a mask (see docs/method.md, 'Counterfactual images')")
+    p.add_argument("--object", action="append", metavar="CONCEPT,CONCEPT", dest="objects",
+                   help="concepts that describe one thing in the picture, drawn by one decoder of a composite or layered "
+                        "decoder (repeatable; default: the dataset's objects for pendulum/flow, else each concept alone)")
     p.add_argument("--graph", default="learn",
                    help=f"learn | true (the dataset's or --true-graph's) | a graph file ({GRAPH_FILE_FORMATS}) | 'a->b,b->c'")
     p.add_argument("--weight", action="append", metavar="NAME=VALUE", help="loss weight, e.g. --weight kl=0.5 (repeatable)")
@@ -75,7 +82,6 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data split")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    graph_defaults = inspect.signature(CausalVAE.__init__).parameters
     p.add_argument("--threshold", type=float, default=graph_defaults["edge_threshold"].default,
                    help="an edge is in the graph (and in the structural equations) when |A| exceeds this")
     p.add_argument("--relative", type=float, default=graph_defaults["edge_relative"].default,
@@ -272,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _objects(args, train) -> list[list[str]] | None:
+    """``decoder_groups`` for the model: ``--object`` lists, else the dataset's objects (composite and layered
+    decoders only; the joint decoder draws every concept from all of them)."""
+    objects = getattr(args, "objects", None)
+    if objects:
+        if args.decoder == "joint":
+            raise ValueError("--object needs --decoder composite or layered (the joint decoder draws every concept "
+                             "from all of them)")
+        return [[c.strip() for c in text.split(",") if c.strip()] for text in objects]
+    if args.decoder == "joint":
+        return None
+    return getattr(train, "object_groups", None) or None
+
+
 def _check_graph_args(args) -> None:
     import math
 
@@ -336,7 +356,8 @@ def run_training(args, dataset_args) -> int:
         say(f"images are decoded on the fly by {workers} DataLoader worker(s)")
     pyro.set_rng_seed(args.seed)  # the initial weights too
     model_args = dict(style_dim=args.style_dim, graph=data.graph, edge_threshold=args.threshold, edge_relative=args.relative,
-                      label_loc=train.label_loc, label_scale=train.label_scale)
+                      label_loc=train.label_loc, label_scale=train.label_scale, decoder=args.decoder,
+                      decoder_groups=_objects(args, train))
 
     def build():
         return CausalVAE(train.concepts, train.image_shape, **model_args)

@@ -47,7 +47,7 @@ import torch
 
 from .model import CausalVAE
 
-TERMS = ("recon", "kl", "labels", "encoder", "cycle", "label_loss", "dag", "sparsity", "path", "order_prior")
+TERMS = ("recon", "kl", "labels", "encoder", "cycle", "minimality", "label_loss", "dag", "sparsity", "path", "order_prior")
 
 
 @dataclass
@@ -60,6 +60,9 @@ class LossWeights:
         the labels. The default 10 lets the concept readings train as fast as the image terms train the
         shared encoder layers (the pixel log-likelihood sums ``C * H * W`` terms per image, the readings
         ``K``).
+    :param cycle: weight of :func:`cycle_term` (counterfactual images read back by the encoder; 0: off).
+    :param minimality: weight of :func:`minimality_term` (what a counterfactual must not change, read back by
+        the encoder; 0: off).
     :param label_loss: ``beta`` of the paper, weight of ``l_u`` (learned graphs only).
     :param sparsity: weight of the L1 penalty on ``A``.
     :param path: weight of ``sum(|A| @ |A|)``, a penalty on two-step paths (learned graphs only): among
@@ -73,6 +76,7 @@ class LossWeights:
     labels: float = 1.0
     encoder: float = 100.0
     cycle: float = 0.0
+    minimality: float = 0.0
     label_loss: float = 1.0
     sparsity: float = 0.002
     path: float = 0.02
@@ -105,6 +109,31 @@ def cycle_term(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, post, 
     return ((out - target) ** 2).sum(-1).mean() / (2 * scale**2)
 
 
+def minimality_term(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, post, scale: float = 0.05,
+                    share: float = 0.25, k: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+    """Counterfactual minimality: under a random ``do(c_k = v)`` (``k`` and ``v`` uniform over the concepts and
+    ``[-1, 1]``), the decoded image must keep every concept that is not ``k`` or one of its descendants, as
+    read by the encoder (its weights held): ``sum_i (read_i - c_i)^2 / (2 scale^2)`` over those concepts, per
+    image, on the first ``share`` of the batch (``n`` images; ``k`` ``[n]`` and ``v`` ``[n]`` may be given).
+
+    Unlike :func:`cycle_term` it asks nothing of the intervened concept and its descendants, whose readings
+    an encoder trained on observational images may take from their causes' pixels; it asks that a
+    decoder of one layer per object does not draw another object from the intervened concepts (a jet's layer
+    drawing the water whose height the jet's concepts imply).
+    """
+    n = max(1, int(round(share * x.shape[0])))
+    K = len(model.concepts)
+    c = post.loc[:n].detach() if u is None else torch.where(torch.isnan(u[:n]), post.loc[:n].detach(), u[:n])
+    k = torch.randint(0, K, (n,), device=x.device) if k is None else k
+    v = torch.rand(n, device=x.device) * 2 - 1 if v is None else v
+    target = model.counterfactual_concepts(c, k, v).detach()
+    kept = ~(model.descendants_mask().to(x.device)[k] | torch.nn.functional.one_hot(k, K).bool())  # [n, K]
+    x_cf = model.decode(target, post.style_loc[:n].detach() if model.style_dim else None)
+    frozen = {name: p.detach() for name, p in model.encoder.named_parameters()}
+    out = torch.func.functional_call(model.encoder, frozen, (x_cf,)).reshape(n, 2, -1)[:, 0, :K].float()
+    return (((out - c) ** 2) * kept).sum(-1).mean() / (2 * scale**2)
+
+
 def guide_draws(model: CausalVAE, post, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One draw of the guide's latent sites as tensors: the concepts that ``seen`` leaves unlabelled, in the
     guide's site order, then the style (so the same random numbers as a trace of the guide).
@@ -125,7 +154,7 @@ def guide_draws(model: CausalVAE, post, seen: torch.Tensor | None) -> tuple[torc
 
 
 def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
-               hide: torch.Tensor | None = None, cycle: bool = False) -> dict[str, torch.Tensor]:
+               hide: torch.Tensor | None = None, cycle: bool = False, minimality: bool = False) -> dict[str, torch.Tensor]:
     """Each loss term as a scalar tensor (per image where it applies), unweighted.
 
     The ELBO part is computed as tensors, every concept at once: the guide's draws (in the guide's
@@ -185,7 +214,9 @@ def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
     else:
         label_loss = dag = sparsity = path = order_prior = x.new_zeros(())
     cyc = cycle_term(model, x, u, post) if cycle else x.new_zeros(())
-    return dict(recon=recon, kl=kl / N, labels=labels / N, encoder=encoder, cycle=cyc, label_loss=label_loss, dag=dag,
+    mini = minimality_term(model, x, u, post) if minimality else x.new_zeros(())
+    return dict(recon=recon, kl=kl / N, labels=labels / N, encoder=encoder, cycle=cyc, minimality=mini,
+                label_loss=label_loss, dag=dag,
                 sparsity=sparsity, path=path, order_prior=order_prior)
 
 
@@ -197,6 +228,7 @@ def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
         + w.labels * terms["labels"]
         + w.encoder * terms["encoder"]
         + w.cycle * terms["cycle"]
+        + w.minimality * terms["minimality"]
         + w.label_loss * terms["label_loss"]
         + terms["dag"]
         + w.sparsity * terms["sparsity"]

@@ -81,11 +81,12 @@ def _check_choice(value, name: str, choices: Sequence[str]) -> str:
 
 #: keys of :meth:`CausalVAE.config` (``from_config`` refuses others)
 _CONFIG_REQUIRED = ("concepts", "image_shape", "graph_spec")
-_CONFIG_OPTIONAL = ("style_dim", "mechanism", "noise", "decoder", "channels", "hidden", "mechanism_hidden", "pixel_scale",
+_CONFIG_OPTIONAL = ("style_dim", "mechanism", "noise", "decoder", "decoder_groups", "channels", "hidden", "mechanism_hidden", "pixel_scale",
                     "edge_threshold", "edge_relative", "label_loc", "label_scale")
 
-#: image decoders: one network of all concepts and the style, or one per concept with summed logits
-DECODERS = ("joint", "composite")
+#: image decoders: one network of all concepts and the style; one per concept (or group) with summed logits;
+#: one per concept (or group) painting a layer, the layers mixed per pixel by a softmax of their masks
+DECODERS = ("joint", "composite", "layered")
 
 #: the smallest noise scale ``s_i`` (normalised label units): keeps deterministic children's densities finite
 MIN_NOISE_SCALE = 1e-3
@@ -95,6 +96,26 @@ MIN_PIXEL_SCALE = 0.005
 
 #: site name of the style latents
 STYLE = "style"
+
+
+def _check_groups(groups, concepts: Sequence[str], decoder: str, image_shape) -> list[list[str]] | None:
+    """``decoder_groups`` completed into a partition of the concepts (each unlisted concept alone, after the
+    listed groups), or None; a ValueError names what is wrong."""
+    if groups is None:
+        return None
+    if decoder not in ("composite", "layered") or len(image_shape) != 3:
+        raise ValueError(f"decoder_groups needs decoder='composite' or 'layered' and images, got decoder={decoder!r} "
+                         f"and image_shape {list(image_shape)}")
+    if isinstance(groups, (str, bytes)) or not all(isinstance(g, (list, tuple)) and g for g in groups):
+        raise ValueError(f"decoder_groups must be a list of non-empty lists of concept names, got {groups!r}")
+    out = [[str(c) for c in g] for g in groups]
+    names = [c for g in out for c in g]
+    unknown = sorted(set(names) - set(concepts))
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if unknown or twice:
+        raise ValueError(f"decoder_groups must name concepts, each at most once: unknown {unknown}, more than once "
+                         f"{twice} (concepts are {list(concepts)})")
+    return out + [[c] for c in concepts if c not in names]
 
 
 def unobserved_site(concept: str) -> str:
@@ -170,8 +191,15 @@ class CausalVAE(PyroModule):
     :param mechanism: ``"mlp"`` (default) or ``"linear"`` mechanisms ``g_i``.
     :param noise: ``"spline"`` (default: learned noise shape) or ``"normal"`` (Gaussian noise).
     :param decoder: ``"joint"`` (one conv decoder of all concepts and the style) or ``"composite"`` (one
-        per concept and one for the style, logits summed: :class:`~pyro_causalvae.nets.CompositeConvDecoder`);
+        per concept and one for the style, logits summed: :class:`~pyro_causalvae.nets.CompositeConvDecoder`)
+        or ``"layered"`` (the same, each decoder painting a layer with a mask; a softmax over the layers'
+        masks and a learned background gives each pixel's owner);
         images only (flat observations use an MLP).
+    :param decoder_groups: with ``decoder="composite"`` or ``"layered"``: concepts drawn by one decoder together,
+        as lists of concept names, one list per object in the picture (e.g. ``[["shadow_length",
+        "shadow_position"]]``: the shadow's length and position describe one thing). A concept in no list is
+        drawn alone; none may be in two. Default: each concept alone. The datasets of simulated worlds give
+        theirs as ``object_groups``.
     :param channels: conv channels of the encoder and decoder.
     :param hidden: width of the MLP layers.
     :param mechanism_hidden: width of the MLP mechanisms.
@@ -198,7 +226,8 @@ class CausalVAE(PyroModule):
         style_dim: int = 0,
         mechanism: str = "mlp",
         noise: str = "spline",
-        decoder: str = "joint",
+        decoder: str = "layered",
+        decoder_groups: Sequence[Sequence[str]] | None = None,
         channels: int = 64,
         hidden: int = 256,
         mechanism_hidden: int = 32,
@@ -228,6 +257,7 @@ class CausalVAE(PyroModule):
         mechanism = _check_choice(mechanism, "mechanism", MECHANISMS)
         noise = _check_choice(noise, "noise", NOISES)
         decoder = _check_choice(decoder, "decoder", DECODERS)
+        decoder_groups = _check_groups(decoder_groups, self.concepts, decoder, image_shape)
         if not (isinstance(pixel_scale, str) and pixel_scale == "learned"):
             pixel_scale = check_positive_float(pixel_scale, "pixel_scale")
         edge_threshold = _check_nonnegative_float(edge_threshold, "edge_threshold")
@@ -250,12 +280,17 @@ class CausalVAE(PyroModule):
             mechanism_hidden=mechanism_hidden, pixel_scale=pixel_scale, edge_threshold=edge_threshold,
             edge_relative=edge_relative,
         )
+        if decoder_groups is not None:
+            self._config["decoder_groups"] = decoder_groups
 
         latent = K + style_dim
         if len(image_shape) == 3:
             self.encoder = ConvEncoder(image_shape, 2 * latent, channels, hidden)
-            if decoder == "composite":
-                self.decoder = CompositeConvDecoder(K, style_dim, image_shape, channels // 2, hidden // 4)
+            if decoder in ("composite", "layered"):
+                index = {c: i for i, c in enumerate(self.concepts)}
+                groups = None if decoder_groups is None else [[index[c] for c in g] for g in decoder_groups]
+                self.decoder = CompositeConvDecoder(K, style_dim, image_shape, channels // 2, hidden // 4, groups,
+                                                    compose="sum" if decoder == "composite" else "masks")
             else:
                 self.decoder = ConvDecoder(latent, image_shape, channels, hidden)
         else:

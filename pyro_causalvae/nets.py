@@ -121,24 +121,47 @@ class CompositeConvDecoder(nn.Module):
     one batch (as the spatial-broadcast decoders of slot models share theirs), and the last, linear layer
     runs once on the sum of the groups' features (which sums their logits exactly).
 
-    :param n_concepts: ``K``: the first ``K`` inputs are the concepts, one group each.
+    Concepts that describe one object together (Pendulum's shadow has a length and a position) can share
+    a group, whose decoder then reads all of them: ``groups=[[0], [1], [2, 3]]``.
+
+    :param n_concepts: ``K``: the first ``K`` inputs are the concepts.
     :param style_dim: ``S``: the last ``S`` inputs form one more group (none if 0).
     :param image_shape: ``(C, H, W)`` of the output.
     :param channels: channels of each group's decoder (default half the joint decoder's).
     :param hidden: width of each group's MLP head.
+    :param groups: a partition of the concept indices ``0 .. K-1`` into groups (default: each concept
+        alone), in any order.
+    :param compose: ``"sum"``: the groups' pixel logits are summed; ``"masks"``: each group paints colours
+        and a mask logit per pixel, and a softmax over the groups and a learned background (a constant
+        layer) gives each pixel's share of each group's colour (as the layered decoders of object-centric
+        models: a pixel is owned by one group rather than summed from several).
 
     ``forward(z)``: ``z`` of shape ``[..., K + S]`` -> ``[..., C, H, W]`` in [0, 1].
     """
 
-    def __init__(self, n_concepts: int, style_dim: int, image_shape: Sequence[int], channels: int = 32, hidden: int = 64):
+    def __init__(self, n_concepts: int, style_dim: int, image_shape: Sequence[int], channels: int = 32, hidden: int = 64,
+                 groups: Sequence[Sequence[int]] | None = None, compose: str = "sum"):
         super().__init__()
         check_image_size(image_shape)
         c, h, _ = image_shape
         stages, side = _conv_plan(h)
         self.K, self.S = n_concepts, style_dim
-        G = n_concepts + (1 if style_dim else 0)
+        groups = [[k] for k in range(n_concepts)] if groups is None else [list(map(int, g)) for g in groups]
+        flat = sorted(k for g in groups for k in g)
+        if flat != list(range(n_concepts)) or any(not g for g in groups):
+            raise ValueError(f"groups must partition the concept indices 0..{n_concepts - 1} into non-empty groups, "
+                             f"got {groups}")
+        if compose not in ("sum", "masks"):
+            raise ValueError(f"compose must be 'sum' or 'masks', got {compose!r}")
+        self.groups, self.compose = groups, compose
+        G = len(groups) + (1 if style_dim else 0)
         self.G, self.side, self.channels, self.image_shape = G, side, channels, tuple(image_shape)
-        width = max(1, style_dim)  # inputs per group: a concept's value (zero-padded), or the style
+        width = max(1, style_dim, *map(len, groups))  # inputs per group: its concepts (zero-padded), or the style
+        # index [len(groups), width] into the concepts with a zero column appended at index K (the padding)
+        index = torch.full((len(groups), width), n_concepts, dtype=torch.long)
+        for i, g in enumerate(groups):
+            index[i, : len(g)] = torch.tensor(g)
+        self.register_buffer("group_index", index, persistent=False)
         self.W1 = nn.Parameter(torch.randn(G, width, hidden) / math.sqrt(width))
         self.b1 = nn.Parameter(torch.zeros(G, hidden))
         self.W2 = nn.Parameter(torch.randn(G, hidden, channels * side * side) / math.sqrt(hidden))
@@ -151,14 +174,24 @@ class CompositeConvDecoder(nn.Module):
         self.deconv = nn.Sequential(*layers)  # shared by the groups
         # The last layer is linear, so summing the groups' features before it sums their logits exactly,
         # and the full-resolution layer runs once, not once per group.
-        self.out = nn.ConvTranspose2d(last, c, 4, 4)
+        if compose == "sum":
+            self.out = nn.ConvTranspose2d(last, c, 4, 4)
+        else:
+            # Each group's colours and mask logit at full resolution: a 1x1 convolution to the 4 x 4 pixels of
+            # each feature cell (the map of a 4x4 stride-4 transposed convolution), kept in that layout while
+            # the layers are mixed (see _cells).
+            self.out = nn.Conv2d(last, (c + 1) * 16, 1)
+            # the background: a constant colour and mask logit per pixel
+            self.background = nn.Parameter(torch.zeros(c + 1, h, h))
 
     def _group_inputs(self, z: torch.Tensor) -> torch.Tensor:
-        """``[M, K + S]`` -> ``[M, G, width]``: each concept alone in its group, the style in the last."""
-        concepts = F.pad(z[:, : self.K, None], (0, self.W1.shape[1] - 1))  # [M, K, width]
+        """``[M, K + S]`` -> ``[M, G, width]``: each group's concepts (zero-padded), the style in the last."""
+        padded = F.pad(z[:, : self.K], (0, 1))  # [M, K + 1]: column K is the padding's zero
+        concepts = padded[:, self.group_index]  # [M, G_c, width]
         if not self.S:
             return concepts
-        return torch.cat([concepts, z[:, None, self.K :]], 1)
+        style = F.pad(z[:, None, self.K :], (0, self.W1.shape[1] - self.S))  # [M, 1, width]
+        return torch.cat([concepts, style], 1)
 
     def _features(self, z: torch.Tensor) -> torch.Tensor:
         """``[M, K + S]`` -> each group's last features ``[M, G, c, h, w]``."""
@@ -168,17 +201,57 @@ class CompositeConvDecoder(nn.Module):
         f = self.deconv(h.reshape(-1, self.channels, self.side, self.side))  # the groups as one batch
         return f.reshape(-1, self.G, *f.shape[1:])
 
+    def _cells(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``"masks"``: ``[M, K + S]`` -> each group's colour logits and mask logit per 4 x 4 cell of pixels,
+        ``[M, G, C + 1, 16, h, w]``, and the background's ``[C + 1, 16, h, w]`` (``pixel_shuffle`` order: the
+        layers are mixed in this layout, and only the mixed image is shuffled to ``[M, C, H, W]``)."""
+        f = self._features(z)  # [M, G, c, h, w]
+        M, h, w = f.shape[0], f.shape[-2], f.shape[-1]
+        out = self.out(f.flatten(0, 1)).reshape(M, self.G, -1, 16, h, w)
+        return out, F.pixel_unshuffle(self.background, 4).reshape(-1, 16, h, w)
+
+    def _painted(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``"masks"``: ``[M, K + S]`` -> each layer's colour ``[M, G + 1, C, H, W]`` and its pixel weights
+        ``[M, G + 1, 1, H, W]`` (softmax over the layers; the last layer is the background)."""
+        out, bg = self._cells(z)
+        out = torch.cat([out, bg.expand(out.shape[0], 1, *bg.shape)], 1).flatten(2, 3)  # [M, G + 1, (C + 1) * 16, h, w]
+        out = F.pixel_shuffle(out, 4)  # [M, G + 1, C + 1, H, W]
+        return torch.sigmoid(out[:, :, :-1]), torch.softmax(out[:, :, -1:], 1)
+
+    def _mixed(self, z: torch.Tensor) -> torch.Tensor:
+        """``"masks"``: the image ``[M, C, H, W]``, the same values as ``(colour * weight).sum(1)`` of
+        :meth:`_painted`, mixed per cell of pixels with the softmax written out (the background is not copied
+        ``M`` times, the layers are not shuffled)."""
+        out, bg = self._cells(z)  # [M, G, C + 1, 16, h, w], [C + 1, 16, h, w]
+        mask, bg_mask = out[:, :, -1:], bg[-1:]
+        top = torch.maximum(mask.amax(1), bg_mask).detach()  # [M, 1, 16, h, w]: a constant shift, for stability
+        e, e_bg = torch.exp(mask - top[:, None]), torch.exp(bg_mask - top)
+        painted = (torch.sigmoid(out[:, :, :-1]) * e).sum(1) + torch.sigmoid(bg[:-1]) * e_bg  # [M, C, 16, h, w]
+        image = painted / (e.sum(1) + e_bg)
+        return F.pixel_shuffle(image.flatten(1, 2), 4)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        logits = self.out(self._features(z.reshape(-1, z.shape[-1])).sum(1))
-        return torch.sigmoid(logits).reshape(*z.shape[:-1], *self.image_shape)
+        flat = z.reshape(-1, z.shape[-1])
+        if self.compose == "masks":
+            image = self._mixed(flat)
+        else:
+            image = torch.sigmoid(self.out(self._features(flat).sum(1)))
+        return image.reshape(*z.shape[:-1], *self.image_shape)
 
     @torch.no_grad()
     def layers(self, z: torch.Tensor) -> torch.Tensor:
-        """Each group's share of the logits ``[..., G, C, H, W]`` (what each concept draws; the last group is
-        the style); their sum plus the output bias is the image's logits."""
-        f = self._features(z.reshape(-1, z.shape[-1]))
-        logits = F.conv_transpose2d(f.flatten(0, 1), self.out.weight, None, self.out.stride)
-        return logits.reshape(*z.shape[:-1], self.G, *self.image_shape)
+        """What each group of concepts draws, ``[..., G, C, H, W]``, in the order of ``groups`` (the last
+        group is the style). ``"sum"``: each group's share of the logits (their sum plus the output bias is
+        the image's logits); ``"masks"``: each group's colour times its pixel weight (their sum plus the
+        background's share is the image)."""
+        flat = z.reshape(-1, z.shape[-1])
+        if self.compose == "masks":
+            colour, weight = self._painted(flat)
+            layers = (colour * weight)[:, :-1]
+        else:
+            f = self._features(flat)
+            layers = F.conv_transpose2d(f.flatten(0, 1), self.out.weight, None, self.out.stride)
+        return layers.reshape(*z.shape[:-1], self.G, *self.image_shape)
 
 
 class MLPEncoder(nn.Module):

@@ -89,13 +89,13 @@ class Objective(torch.nn.Module):
     all-reduce of every parameter the terms depend on.
     """
 
-    def __init__(self, model: CausalVAE, cycle: bool = False):
+    def __init__(self, model: CausalVAE, cycle: bool = False, minimality: bool = False):
         super().__init__()
         self.model = model
-        self.cycle = cycle
+        self.cycle, self.minimality = cycle, minimality
 
     def forward(self, x: torch.Tensor, u: torch.Tensor | None, hide: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return loss_terms(self.model, x, u, hide, cycle=self.cycle)
+        return loss_terms(self.model, x, u, hide, cycle=self.cycle, minimality=self.minimality)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -546,7 +546,7 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
                                       "the fit of the structural equations")
         model.equations_initialised = True
 
-    objective = Objective(model, cycle=weights.cycle > 0)
+    objective = Objective(model, cycle=weights.cycle > 0, minimality=weights.minimality > 0)
     if ctx.distributed:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)  # broadcasts rank 0's weights

@@ -7,6 +7,7 @@ unknown concepts, an unknown loss weight, a missing image folder) and its ``coun
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -189,6 +190,9 @@ def test_interrupt_exits_130(run, capsys, monkeypatch):
         (["--device", "gpu"], r"device.*'gpu'"),
         (["--device", "meta"], r"device.*'meta'"),
         (["--seed", "-1"], r"(?i)seed"),
+        (["--graph", "a->b", "--object", "a,zz"], r"decoder_groups must name concepts.*unknown \['zz'\]"),
+        (["--graph", "a->b", "--object", "a,b", "--object", "b,c"], r"more than once \['b'\]"),
+        (["--graph", "a->b", "--decoder", "joint", "--object", "a,b"], "--object needs --decoder composite or layered"),
     ],
 )
 def test_train_bad_settings(run, tmp_path, capsys, extra, match):
@@ -227,3 +231,11 @@ def test_train_into_an_existing_run_or_a_file(run, tmp_path, capsys):
 def test_train_celeba_missing_folder_is_one_line(tmp_path, capsys):
     code, err = cli(["train", "--dataset", "celeba", "--root", tmp_path / "celeba", "--out", tmp_path / "r"], capsys)
     assert_one_line_error(code, err, "CelebA folder not found", "img_align_celeba", "list_attr_celeba.txt")
+
+
+def test_train_object_groups_reach_the_model(run, tmp_path, capsys):
+    out = tmp_path / "objects"
+    code, err = cli(train_argv(run, out, "--graph", "a->b,b->c", "--object", "c, a"), capsys)
+    assert code == 0, err
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["decoder"] == "layered" and model["decoder_groups"] == [["c", "a"], ["b"]]

@@ -3,6 +3,8 @@
 Tiny models on flat observations (MLP encoder / decoder) keep these fast.
 """
 
+import re
+
 import networkx as nx
 import pyro
 import pyro.poutine as poutine
@@ -13,7 +15,7 @@ from torch.testing import assert_close
 
 from pyro_causalvae import CausalVAE
 from pyro_causalvae.dag import AugmentedLagrangian, acyclicity, causal_order
-from pyro_causalvae.loss import LossWeights, loss_terms, pyro_elbo_loss, total_loss
+from pyro_causalvae.loss import LossWeights, loss_terms, minimality_term, pyro_elbo_loss, total_loss
 from pyro_causalvae.nets import CompositeConvDecoder
 from pyro_causalvae.queries import posterior_mean, prediction
 
@@ -330,6 +332,53 @@ def test_composite_decoder_draws_each_concept_from_its_own_value():
     assert isinstance(CausalVAE.from_config(model.config()).decoder, CompositeConvDecoder)
 
 
+def test_layered_decoder_mixes_layers_that_each_follow_their_own_group():
+    model = CausalVAE(("p", "q", "r"), (3, 16, 16), decoder="layered", decoder_groups=[["q", "r"]], channels=8, hidden=16)
+    dec = model.decoder
+    z = torch.randn(4, 3)
+    colour, weight = dec._painted(z)  # [4, G + 1 = 3, 3, 16, 16], [4, 3, 1, 16, 16] (the last: the background)
+    assert_close(weight.sum(1), torch.ones(4, 1, 16, 16))
+    layers = dec.layers(z)  # [4, G = 2, 3, 16, 16]: groups (q, r) and (p)
+    assert_close(layers.sum(1) + (colour * weight)[:, -1], dec(z))
+    image = dec(z).detach()
+    assert 0 <= float(image.min()) and float(image.max()) <= 1
+    moved = z.clone()
+    moved[:, 0] += 1.0  # p: only its layer's colour and mask move; the others keep their colours and mask ratios
+    colour2, weight2 = dec._painted(moved)
+    assert (colour2[:, 1] - colour[:, 1]).abs().amax() > 0
+    assert torch.equal(colour2[:, [0, 2]], colour[:, [0, 2]])
+    assert_close(weight2[:, 0] / weight2[:, 2], weight[:, 0] / weight[:, 2])
+    assert model.config()["decoder"] == "layered" and CausalVAE.from_config(model.config()).decoder.compose == "masks"
+
+
+def test_composite_decoder_groups_draw_an_object_from_its_concepts_only():
+    # one object described by two concepts (q, r), one by p, and the style
+    model = CausalVAE(("p", "q", "r"), (3, 16, 16), style_dim=3, decoder="composite", decoder_groups=[["q", "r"], ["p"]],
+                      channels=8, hidden=16)
+    z = torch.randn(4, 6)
+    layers = model.decoder.layers(z)  # [4, G = 2 groups + style, 3, 16, 16]
+    assert layers.shape == (4, 3, 3, 16, 16)
+    assert_close(torch.sigmoid(layers.sum(1) + model.decoder.out.bias[:, None, None]), model.decoder(z))
+    for k, group in ((0, 1), (1, 0), (2, 0), (4, 2)):  # p -> group 1, q and r -> group 0, a style dim -> the style's
+        moved = z.clone()
+        moved[:, k] += 1.0
+        diff = (model.decoder.layers(moved) - layers).abs().amax((0, 2, 3, 4))
+        others = [g for g in range(3) if g != group]
+        assert diff[group] > 0 and torch.equal(diff[others], torch.zeros(2)), (k, diff)
+    again = CausalVAE.from_config(model.config())
+    assert model.config()["decoder_groups"] == [["q", "r"], ["p"]] and again.decoder.groups == [[1, 2], [0]]
+    partial = CausalVAE(("p", "q", "r"), (3, 16, 16), decoder="layered", decoder_groups=[["r", "p"]])
+    assert partial.config()["decoder_groups"] == [["r", "p"], ["q"]] and partial.decoder.groups == [[2, 0], [1]]
+    for bad, says in (([["p", "q"], ["q", "r"]], "more than once ['q']"),
+                      ([["p"], ["q", "r", "s"]], "unknown ['s']"), ("pqr", "list of non-empty lists")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            CausalVAE(("p", "q", "r"), (3, 16, 16), decoder="composite", decoder_groups=bad)
+    with pytest.raises(ValueError, match="decoder=.composite. or .layered."):
+        CausalVAE(("p", "q", "r"), (3, 16, 16), decoder="joint", decoder_groups=[["p"], ["q", "r"]])
+    with pytest.raises(ValueError, match="decoder='composite' or 'layered' and images"):
+        CausalVAE(("p", "q", "r"), (8,), decoder_groups=[["p"], ["q", "r"]])
+
+
 def test_batched_log_prob_keeps_children_out_of_the_root_splines():
     """Only the roots' columns enter the spline: a child's column evaluated in a spline and then discarded
     would still turn the gradient into NaN where the spline's inverse is singular (it made training diverge
@@ -372,3 +421,20 @@ def test_hidden_labels_train_the_encoder_but_not_the_structural_equations():
     assert everything_held[-1].abs().sum() > 0
     none_held = grads(torch.ones(6, dtype=torch.bool), None)  # unlabelled images: nothing is held
     assert none_held[0].abs().sum() > 0 and none_held[1].abs().sum() > 0
+
+
+def test_minimality_term_reads_back_only_what_an_intervention_must_not_change():
+    # a -> b -> c: do(a) may move everything, do(c) must keep a and b
+    model = CausalVAE(("a", "b", "c"), (3, 16, 16), graph=[("a", "b"), ("b", "c")], channels=8, hidden=16)
+    x, u = torch.rand(8, 3, 16, 16), torch.rand(8, 3) * 2 - 1
+    post = model.posterior(x)
+    v = torch.zeros(8)
+    assert float(minimality_term(model, x, u, post, share=1.0, k=torch.zeros(8, dtype=torch.long), v=v).detach()) == 0.0
+    term = minimality_term(model, x, u, post, share=1.0, k=torch.full((8,), 2), v=v)
+    with torch.no_grad():
+        read = model.posterior(model.decode(u.clone().index_fill_(1, torch.tensor([2]), 0.0))).loc
+    assert_close(term, ((read - u)[:, :2] ** 2).sum(-1).mean() / (2 * 0.05**2))
+    term.backward()  # trains the decoder only: the encoder reads with its weights held
+    assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+    assert minimality_term(model, x, u, post, share=0.25).shape == ()  # 2 of the 8 images, random k and v

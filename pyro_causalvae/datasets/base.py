@@ -200,6 +200,8 @@ class ConceptImageDataset(Dataset):
         self.labels: torch.Tensor | None = label_t
         self.concepts: tuple[str, ...] = tuple(concepts)
         self.graph: nx.DiGraph | None = checked_graph
+        # concepts drawn as one thing in the picture (CausalVAE's decoder_groups); known for simulated worlds
+        self.object_groups: list[list[str]] | None = None
         self.label_loc: torch.Tensor = loc.to(torch.float32)
         self.label_scale: torch.Tensor = scale.to(torch.float32)
         self.name: str = name

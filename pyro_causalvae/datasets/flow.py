@@ -74,6 +74,7 @@ class FlowSCM(SCM):
         ("water_height", "water_flow"),
         ("hole_position", "water_flow"),
     )
+    objects = (("hole_position", "water_flow"),)  # the jet starts at the hole
     label_range = {
         "ball_size": (5 / 30, 34 / 30),
         "water_height": (1.0, 5.36),

@@ -82,6 +82,7 @@ class PendulumSCM(SCM):
         ("light_angle", "shadow_length"),
         ("light_angle", "shadow_position"),
     )
+    objects = (("shadow_length", "shadow_position"),)  # the shadow
     label_range = {
         "pendulum_angle": THETA_RANGE,
         "light_angle": PHI_RANGE,

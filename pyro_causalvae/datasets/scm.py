@@ -112,6 +112,9 @@ class SCM:
     - ``label_range``: ``{concept: (low, high)}``, each concept's documented range in natural units,
       from which ``label_loc`` (the midpoint) and ``label_scale`` (the half-width) are derived, so
       that normalised labels lie in about ``[-1, 1]``;
+    - ``objects``: the concepts that describe one thing in the picture together (e.g. a shadow's length
+      and position), for decoders that draw each object from its own concepts (``decoder_groups`` of
+      :class:`~pyro_causalvae.CausalVAE`); concepts in none are things of their own;
     - :meth:`_mechanism`, :meth:`sample_exogenous` and :meth:`_draw`.
 
     Labels are in natural units, one column per concept in the order of ``concepts``. The methods
@@ -125,6 +128,7 @@ class SCM:
     concepts: tuple[str, ...] = ()
     edges: tuple[tuple[str, str], ...] = ()
     label_range: dict[str, tuple[float, float]] = {}
+    objects: tuple[tuple[str, ...], ...] = ()
     #: images per rendering chunk (bounds memory; tuned for speed on CPU)
     render_chunk: int = 64
 
@@ -388,7 +392,8 @@ class SyntheticDataset(ConceptImageDataset):
     """A split of a synthetic world: labels from an SCM's grid, images rendered by the SCM.
 
     Keeps the ground truth as ``self.scm`` and the generation settings as ``split``, ``size``, ``seed``
-    and ``noise``.
+    and ``noise``; ``object_groups`` lists the concepts drawn as one thing (the SCM's ``objects``), the
+    ``decoder_groups`` of a :class:`~pyro_causalvae.CausalVAE` that draws each object from its own concepts.
     """
 
     def _init_from_scm(self, scm: SCM, labels: torch.Tensor, images: torch.Tensor, *, name: str, split: str, size: int, seed: int) -> None:
@@ -406,3 +411,4 @@ class SyntheticDataset(ConceptImageDataset):
         self.size = size
         self.seed = seed
         self.noise = scm.noise
+        self.object_groups = [list(g) for g in scm.objects]
