@@ -203,7 +203,7 @@ def build_cases(w: World) -> dict[str, dict]:
     add("config-channels-1e12", ["intervene", w.run_copy("c-chan", src=q, edit_config=lambda c: c["model"].update(channels=10**12))],
         r"config\.json: model field 'channels' = 1e\+12 is out of range")
     add("config-over-memory", ["evaluate", w.run_copy("c-mem", src=q, edit_config=lambda c: c["model"].update(hidden=4096, channels=512))],
-        r"config\.json: the model \(.*channels=512, hidden=4096.*\) needs 269\.9 MB of memory, more than the budget of 100\.0 MB",
+        r"config\.json: the model \(.*channels=512, hidden=4096.*\) needs [0-9.]+ MB of memory, more than the budget of 100\.0 MB",
         env={"PYRO_CAUSALVAE_MEMORY_LIMIT": "100M"})
     add("config-not-json", ["evaluate", w.run_copy("c-json", src=q)], r"config\.json is not valid JSON")
     (r / "c-json" / "config.json").write_text("{oops")

@@ -180,8 +180,8 @@ def test_config_sizes_out_of_range_name_the_file_and_field(run, field, value, ma
 def test_config_sizes_beyond_memory_are_refused_unallocated(run, monkeypatch):
     _set_model(run, hidden=4096, channels=512)
     monkeypatch.setenv(MEMORY, "100M")
-    with pytest.raises(ValueError, match=r"config\.json: the model \(.*channels=512, hidden=4096.*; 269\.9 MB of parameters\) "
-                                         r"needs 269\.9 MB of memory, more than the budget of 100\.0 MB"):
+    with pytest.raises(ValueError, match=r"config\.json: the model \(.*channels=512, hidden=4096.*; 199\.2 MB of parameters\) "
+                                         r"needs 199\.2 MB of memory, more than the budget of 100\.0 MB"):
         load_model(run)
 
 
