@@ -3,6 +3,7 @@
     python benchmarks/counterfactual_accuracy.py --dataset pendulum flow --seeds 0 1 2   # train each seed, then score
     python benchmarks/counterfactual_accuracy.py --dataset pendulum --run RUN [RUN ...]  # score trained runs (one per seed)
     python benchmarks/counterfactual_accuracy.py --dataset pendulum --epochs 3 --size 64 # a quick look
+    python benchmarks/counterfactual_accuracy.py --from-json A.json B.json               # the table of saved scores
 
 For the test images of each world and every concept c, sinks included, the model's counterfactuals
 under do(c = v) (v uniform over 90 % of c's range, redrawn while the true counterfactual scene is not
@@ -209,7 +210,18 @@ def main() -> None:
     ap.add_argument("--save-runs", help="keep the fresh trainings in this folder")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", help="also write the per-seed results here")
+    ap.add_argument("--from-json", nargs="+", metavar="JSON",
+                    help="only print the table of earlier runs' --json files (their seeds pooled per dataset)")
     args = ap.parse_args()
+    if args.from_json:
+        pooled: dict[str, list] = {}
+        for path in args.from_json:
+            for name, results in json.loads(Path(path).read_text()).items():
+                pooled.setdefault(name, []).extend(results)
+        for name in args.dataset:
+            if name in pooled:
+                report(name, sorted(pooled[name], key=lambda r: r["seed"]))
+        return
     if args.run:
         if len(args.dataset) != 1:
             ap.error("--run scores one dataset: give one --dataset")
