@@ -56,14 +56,14 @@ VARIANTS = ("joint", "composite", "groups", "layered", "layered-groups", "layere
             "cycle", "groups-cycle")
 
 
-def build(variant: str, name: str, data) -> tuple[CausalVAE, LossWeights]:
+def build(variant: str, name: str, data, objects=None) -> tuple[CausalVAE, LossWeights]:
     kw = {}
     if variant in ("composite", "groups", "groups-cycle"):
         kw["decoder"] = "composite"
     if variant.startswith("layered"):
         kw["decoder"] = "layered"
     if variant in ("groups", "groups-cycle") or variant.startswith("layered-groups"):
-        kw["decoder_groups"] = OBJECTS[name]
+        kw["decoder_groups"] = objects or OBJECTS[name]
     model = CausalVAE(data.concepts, data.image_shape, graph=data.graph, label_loc=data.label_loc,
                       label_scale=data.label_scale, **kw)
     weights = LossWeights(cycle=1.0) if variant.endswith("cycle") else LossWeights()
@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--json", help="write the scores here")
     ap.add_argument("--figures", help="folder for each variant's do(sink) sweep next to the truth")
     ap.add_argument("--save", help="folder for the trained runs (one per variant)")
+    ap.add_argument("--object", action="append", metavar="A,B",
+                    help="objects of the groups variants instead of the world's (repeatable; others alone)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     D = Pendulum if args.dataset == "pendulum" else Flow
@@ -95,7 +97,8 @@ def main() -> None:
     results = {}
     for variant in args.variant:
         pyro.set_rng_seed(args.seed)
-        model, weights = build(variant, args.dataset, train)
+        objects = [t.split(",") for t in args.object] if args.object else None
+        model, weights = build(variant, args.dataset, train, objects)
         t0 = time.perf_counter()
         out_dir = Path(args.save) / f"{args.dataset}-{variant}" if args.save else None
         fit(model, train, epochs=args.epochs, seed=args.seed, progress=False, weights=weights, out_dir=out_dir)

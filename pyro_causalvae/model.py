@@ -190,11 +190,11 @@ class CausalVAE(PyroModule):
     :param style_dim: ``S``, unsupervised style latents outside the graph (0 for none).
     :param mechanism: ``"mlp"`` (default) or ``"linear"`` mechanisms ``g_i``.
     :param noise: ``"spline"`` (default: learned noise shape) or ``"normal"`` (Gaussian noise).
-    :param decoder: ``"joint"`` (one conv decoder of all concepts and the style) or ``"composite"`` (one
-        per concept and one for the style, logits summed: :class:`~pyro_causalvae.nets.CompositeConvDecoder`)
-        or ``"layered"`` (the same, each decoder painting a layer with a mask; a softmax over the layers'
-        masks and a learned background gives each pixel's owner);
-        images only (flat observations use an MLP).
+    :param decoder: ``"layered"`` (default: one decoder per object, see ``decoder_groups``, and one for the
+        style, each painting a layer with a mask; a softmax over the masks and a learned background gives
+        each pixel's owner: :class:`~pyro_causalvae.nets.CompositeConvDecoder`), ``"composite"`` (the same
+        decoders, logits summed) or ``"joint"`` (one conv decoder of all concepts and the style); images
+        only (flat observations use an MLP).
     :param decoder_groups: with ``decoder="composite"`` or ``"layered"``: concepts drawn by one decoder together,
         as lists of concept names, one list per object in the picture (e.g. ``[["shadow_length",
         "shadow_position"]]``: the shadow's length and position describe one thing). A concept in no list is

@@ -108,21 +108,25 @@ class ConvDecoder(nn.Module):
 
 
 class CompositeConvDecoder(nn.Module):
-    """One small decoder per concept (and one for the style), whose pixel logits are summed: each concept
-    is drawn from its own value only.
+    """One small decoder per group of concepts (an object in the picture; by default each concept alone)
+    and one for the style: each object is drawn from its own concepts only.
 
-    The official code's bias (one decoder per concept, logits averaged), with conv decoders: additive
-    logits can place a thing whose extent depends on two concepts (Pendulum's shadow spans ``[position -
-    length / 2, position + length / 2]``, i.e. ``length - 2 |x - position| > 0``: a sum of a function of
-    each), and additive decoders extrapolate to unseen combinations of their inputs (Lachapelle et al.,
-    NeurIPS 2023). Measured here it does not stop an effect from being drawn by its causes' groups
-    together (see docs/method.md, "Counterfactual images"). Each group has its own MLP head; the conv
-    layers that turn a group's feature map into its logits are shared by the groups and run on them as
-    one batch (as the spatial-broadcast decoders of slot models share theirs), and the last, linear layer
-    runs once on the sum of the groups' features (which sums their logits exactly).
+    Each group has its own MLP head; the conv layers that turn a group's feature map into its output are
+    shared by the groups and run on them as one batch (as the spatial-broadcast decoders of slot models
+    share theirs). Two ways to compose the groups:
 
-    Concepts that describe one object together (Pendulum's shadow has a length and a position) can share
-    a group, whose decoder then reads all of them: ``groups=[[0], [1], [2, 3]]``.
+    - ``compose="masks"`` (``CausalVAE(decoder="layered")``, the default there): each group paints a colour
+      layer and a mask logit per pixel; a softmax over the groups' masks and a learned background layer
+      gives each pixel's owner, and the image is the owners' colours. A change of one group's concepts can
+      change only the pixels its layer owns (or takes). Measured: it lets an intervention on an effect
+      (Pendulum's shadow) change that effect's pixels (see docs/method.md, "Counterfactual images").
+    - ``compose="sum"`` (``decoder="composite"``): the groups' pixel logits are summed (the official code's
+      bias: one decoder per concept, logits averaged); the last, linear layer runs once on the sum of the
+      groups' features, which sums their logits exactly. Measured: training spreads an object over several
+      groups.
+
+    Concepts that describe one object together (Pendulum's shadow has a length and a position) share a
+    group, whose decoder then reads all of them: ``groups=[[0], [1], [2, 3]]``.
 
     :param n_concepts: ``K``: the first ``K`` inputs are the concepts.
     :param style_dim: ``S``: the last ``S`` inputs form one more group (none if 0).
@@ -131,10 +135,7 @@ class CompositeConvDecoder(nn.Module):
     :param hidden: width of each group's MLP head.
     :param groups: a partition of the concept indices ``0 .. K-1`` into groups (default: each concept
         alone), in any order.
-    :param compose: ``"sum"``: the groups' pixel logits are summed; ``"masks"``: each group paints colours
-        and a mask logit per pixel, and a softmax over the groups and a learned background (a constant
-        layer) gives each pixel's share of each group's colour (as the layered decoders of object-centric
-        models: a pixel is owned by one group rather than summed from several).
+    :param compose: ``"masks"`` or ``"sum"`` (above).
 
     ``forward(z)``: ``z`` of shape ``[..., K + S]`` -> ``[..., C, H, W]`` in [0, 1].
     """

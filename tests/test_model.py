@@ -377,6 +377,10 @@ def test_composite_decoder_groups_draw_an_object_from_its_concepts_only():
         CausalVAE(("p", "q", "r"), (3, 16, 16), decoder="joint", decoder_groups=[["p"], ["q", "r"]])
     with pytest.raises(ValueError, match="decoder='composite' or 'layered' and images"):
         CausalVAE(("p", "q", "r"), (8,), decoder_groups=[["p"], ["q", "r"]])
+    with pytest.raises(ValueError, match="partition the concept indices 0..2"):
+        CompositeConvDecoder(3, 0, (3, 16, 16), groups=[[0], [1]])
+    with pytest.raises(ValueError, match="compose must be 'sum' or 'masks'"):
+        CompositeConvDecoder(3, 0, (3, 16, 16), compose="max")
 
 
 def test_batched_log_prob_keeps_children_out_of_the_root_splines():
