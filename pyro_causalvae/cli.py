@@ -59,8 +59,9 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--style-dim", type=int, default=0, help="unsupervised style latents outside the graph (default 0: none; a wide style block can absorb the concepts, see docs/method.md)")
     p.add_argument("--decoder", default=graph_defaults["decoder"].default, choices=DECODERS,
-                   help="joint: one decoder of all concepts; composite: one per object, logits summed; layered: one per "
-                        "object, each painting a layer with a mask (see docs/method.md, 'Counterfactual images')")
+                   help="layered (default): one decoder per object, each painting a layer with a mask; joint: one decoder "
+                        "of all concepts (the earlier default: resume a run trained with it with --decoder joint); "
+                        "composite: one per object, logits summed (see docs/method.md, 'Counterfactual images')")
     p.add_argument("--object", action="append", metavar="CONCEPT,CONCEPT", dest="objects",
                    help="concepts that describe one thing in the picture, drawn by one decoder of a composite or layered "
                         "decoder (repeatable; default: the dataset's objects for pendulum/flow, else each concept alone)")
