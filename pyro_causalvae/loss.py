@@ -92,21 +92,35 @@ class LossWeights:
         return asdict(self)
 
 
+def _read_back_counterfactuals(model: CausalVAE, u: torch.Tensor | None, post, n: int, k: torch.Tensor | None = None,
+                               v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``n`` images of the batch under ``do(c_k = v)`` (``k`` and ``v`` uniform over the concepts and
+    ``[-1, 1]`` unless given), decoded and read back by the encoder with its weights held.
+
+    :returns: the factual concepts ``c`` ``[n, K]`` (labels where known, else the encoder's means), ``k``
+        ``[n]``, the counterfactual concepts ``[n, K]`` and the encoder's readings of the decoded images
+        ``[n, K]``; gradients reach the decoder only.
+    """
+    K = len(model.concepts)
+    dev = post.loc.device
+    c = post.loc[:n].detach() if u is None else torch.where(torch.isnan(u[:n]), post.loc[:n].detach(), u[:n])
+    k = torch.randint(0, K, (n,), device=dev) if k is None else k
+    v = torch.rand(n, device=dev) * 2 - 1 if v is None else v
+    target = model.counterfactual_concepts(c, k, v).detach()
+    x_cf = model.decode(target, post.style_loc[:n].detach() if model.style_dim else None)
+    frozen = {name: p.detach() for name, p in model.encoder.named_parameters()}
+    read = torch.func.functional_call(model.encoder, frozen, (x_cf,)).reshape(n, 2, -1)[:, 0, :K].float()
+    return c, k, target, read
+
+
 def cycle_term(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, post, scale: float = 0.05) -> torch.Tensor:
     """Counterfactual consistency: each image under a random ``do(c_k = v)`` (``k`` and ``v`` uniform over
     the concepts and ``[-1, 1]``), decoded, is read back by the encoder (its weights held), which must find
     the counterfactual concepts: ``sum_i (read_i - c'_i)^2 / (2 scale^2)`` per image. The decoder then has
     to draw each concept so that its own reading follows it (Ribeiro et al., ICML 2023 train counterfactuals
     with such anti-causal predictors)."""
-    N, K = x.shape[0], len(model.concepts)
-    c = post.loc.detach() if u is None else torch.where(torch.isnan(u), post.loc.detach(), u)
-    k = torch.randint(0, K, (N,), device=x.device)
-    v = torch.rand(N, device=x.device) * 2 - 1
-    target = model.counterfactual_concepts(c, k, v).detach()
-    x_cf = model.decode(target, post.style_loc.detach() if model.style_dim else None)
-    frozen = {n: p.detach() for n, p in model.encoder.named_parameters()}
-    out = torch.func.functional_call(model.encoder, frozen, (x_cf,)).reshape(N, 2, -1)[:, 0, :K].float()
-    return ((out - target) ** 2).sum(-1).mean() / (2 * scale**2)
+    _, _, target, read = _read_back_counterfactuals(model, u, post, x.shape[0])
+    return ((read - target) ** 2).sum(-1).mean() / (2 * scale**2)
 
 
 def minimality_term(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, post, scale: float = 0.05,
@@ -123,15 +137,9 @@ def minimality_term(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None, p
     """
     n = max(1, int(round(share * x.shape[0])))
     K = len(model.concepts)
-    c = post.loc[:n].detach() if u is None else torch.where(torch.isnan(u[:n]), post.loc[:n].detach(), u[:n])
-    k = torch.randint(0, K, (n,), device=x.device) if k is None else k
-    v = torch.rand(n, device=x.device) * 2 - 1 if v is None else v
-    target = model.counterfactual_concepts(c, k, v).detach()
+    c, k, _, read = _read_back_counterfactuals(model, u, post, n, k, v)
     kept = ~(model.descendants_mask().to(x.device)[k] | torch.nn.functional.one_hot(k, K).bool())  # [n, K]
-    x_cf = model.decode(target, post.style_loc[:n].detach() if model.style_dim else None)
-    frozen = {name: p.detach() for name, p in model.encoder.named_parameters()}
-    out = torch.func.functional_call(model.encoder, frozen, (x_cf,)).reshape(n, 2, -1)[:, 0, :K].float()
-    return (((out - c) ** 2) * kept).sum(-1).mean() / (2 * scale**2)
+    return (((read - c) ** 2) * kept).sum(-1).mean() / (2 * scale**2)
 
 
 def guide_draws(model: CausalVAE, post, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
