@@ -17,6 +17,8 @@ Targets: |mean difference| <= 0.1 and sd within 30 %.
 The prior. 50,000 prior draws of the concepts: each root's sd against the training labels' (target
 within 10 %), and each child's error against the true mechanism applied to its drawn parents (RMS,
 normalised units), next to the same error of the encoder's readings on the test images (target <= 1.5x).
+Beside them: each root's share of prior draws outside the training labels' range ("outside"), and each
+child's prior error over the draws whose parents all lie inside that range (where its mechanism saw labels).
 
 Known-bad check (``--untrained``): the same tables for an untrained model with the true graph (random
 mechanisms, initial noise scales): the benchmark must flag its rows.
@@ -112,21 +114,28 @@ def prior_check(model: CausalVAE, train, test, n: int, seed: int) -> list[dict]:
     enc = torch.cat(enc)
     enc_nat = model.denormalise(enc)
     data = train.labels_normalised
+    inside = (draws >= data.min(0).values) & (draws <= data.max(0).values)  # [n, K]: within the labels' range
     graph = scm.graph
     rows = []
     for i, c in enumerate(model.concepts):
         parents = list(graph.predecessors(c))
         if not parents:
-            rows.append({"concept": c, "kind": "root", "prior_sd": float(draws[:, i].std()), "data_sd": float(data[:, i].std())})
+            rows.append({"concept": c, "kind": "root", "prior_sd": float(draws[:, i].std()), "data_sd": float(data[:, i].std()),
+                         "outside": float(1 - inside[:, i].float().mean())})
             continue
 
-        def error(values_nat, values_norm):
+        def error(values_nat, values_norm, rows_kept=None):
             truth = scm.mechanism(c, {p: values_nat[:, model.concepts.index(p)] for p in parents})
             t = model.normalise(truth, c)
             keep = torch.isfinite(t)  # Flow's sqrt is undefined where a drawn parent leaves its domain
+            if rows_kept is not None:
+                keep &= rows_kept
             return float(((values_norm[keep, i] - t[keep]) ** 2).mean().sqrt())
 
-        rows.append({"concept": c, "kind": "child", "prior_err": error(nat, draws), "encoder_err": error(enc_nat, enc)})
+        # the prior draws whose parents all lie within the training labels' range (the mechanism saw labels there)
+        in_range = inside[:, [model.concepts.index(p) for p in parents]].all(1)
+        rows.append({"concept": c, "kind": "child", "prior_err": error(nat, draws), "encoder_err": error(enc_nat, enc),
+                     "prior_err_in_range": error(nat, draws, in_range), "parents_in_range": float(in_range.float().mean())})
     return rows
 
 
@@ -175,13 +184,17 @@ def main() -> None:
                     print(f"{child:<16}{q:>4}{v:>8.3f}  {p:<16}{mm:>11.3f}{sm:>10.3f}{abs(mm - sm):>8.3f}"
                           f"{ms:>10.3f}{ss:>8.3f}{ms / max(ss, 1e-12):>9.2f}  {'yes' if ok else 'NO '}  {extra})")
         print(f"seeing: {fails} of the rows miss a target")
-        print(f"{'concept':<16}{'prior sd':>10}{'data sd':>9}{'ratio':>7}   |   {'prior err':>10}{'encoder err':>12}{'ratio':>7}")
+        print(f"{'concept':<16}{'prior sd':>10}{'data sd':>9}{'ratio':>7}{'outside':>9}   |   {'prior err':>10}"
+              f"{'encoder err':>12}{'ratio':>7}   | parents in range: {'share':>6}{'prior err':>10}{'ratio':>7}")
         for r in prior_check(model, train, test, 50_000, args.seed):
             if r["kind"] == "root":
-                print(f"{r['concept']:<16}{r['prior_sd']:>10.3f}{r['data_sd']:>9.3f}{r['prior_sd'] / r['data_sd']:>7.2f}   |")
+                print(f"{r['concept']:<16}{r['prior_sd']:>10.3f}{r['data_sd']:>9.3f}{r['prior_sd'] / r['data_sd']:>7.2f}"
+                      f"{100 * r['outside']:>8.1f}%   |")
             else:
-                print(f"{r['concept']:<16}{'':>26}   |   {r['prior_err']:>10.4f}{r['encoder_err']:>12.4f}"
-                      f"{r['prior_err'] / max(r['encoder_err'], 1e-12):>7.2f}")
+                enc_err = max(r['encoder_err'], 1e-12)
+                print(f"{r['concept']:<16}{'':>35}   |   {r['prior_err']:>10.4f}{r['encoder_err']:>12.4f}"
+                      f"{r['prior_err'] / enc_err:>7.2f}   | {'':>18}{100 * r['parents_in_range']:>5.1f}%"
+                      f"{r['prior_err_in_range']:>10.4f}{r['prior_err_in_range'] / enc_err:>7.2f}")
         print(f"({time.perf_counter() - t0:.0f} s)")
 
 

@@ -81,8 +81,8 @@ def _check_choice(value, name: str, choices: Sequence[str]) -> str:
 
 #: keys of :meth:`CausalVAE.config` (``from_config`` refuses others)
 _CONFIG_REQUIRED = ("concepts", "image_shape", "graph_spec")
-_CONFIG_OPTIONAL = ("style_dim", "mechanism", "noise", "decoder", "decoder_groups", "channels", "hidden", "mechanism_hidden", "pixel_scale",
-                    "edge_threshold", "edge_relative", "label_loc", "label_scale")
+_CONFIG_OPTIONAL = ("style_dim", "mechanism", "noise", "decoder", "decoder_groups", "channels", "hidden", "mechanism_hidden", "noise_bins",
+                    "noise_bound", "pixel_scale", "edge_threshold", "edge_relative", "label_loc", "label_scale")
 
 #: image decoders: one network of all concepts and the style; one per concept (or group) with summed logits;
 #: one per concept (or group) painting a layer, the layers mixed per pixel by a softmax of their masks
@@ -202,7 +202,13 @@ class CausalVAE(PyroModule):
         theirs as ``object_groups``.
     :param channels: conv channels of the encoder and decoder.
     :param hidden: width of the MLP layers.
-    :param mechanism_hidden: width of the MLP mechanisms.
+    :param mechanism_hidden: width of the MLP mechanisms (default 64: Pendulum's shadow_length, a kinked
+        function of the angles, kept a residual of 0.035 with 32; ``benchmarks/mechanism_fit.py``).
+    :param noise_bins: segments of each root's noise spline (``noise="spline"``).
+    :param noise_bound: half-width of the splines' box in the standard-normal noise (identity outside):
+        with 5 rather than 3, a root's prior puts 6e-7 rather than 0.3 % of its mass in the linear tails, which
+        reach beyond the data's range (measured prior draws outside the range of Pendulum's uniform angles:
+        0.8-1.0 % rather than 1.1-1.4 %).
     :param pixel_scale: std of the Normal likelihood of the pixels (images in [0, 1]), or ``"learned"``: one
         learned std per channel (started at 0.1, at least 0.005: about one grey level of 8-bit images).
     :param edge_threshold: an edge ``j -> i`` is in the graph when ``|A[j, i]| > edge_threshold`` ...
@@ -230,7 +236,9 @@ class CausalVAE(PyroModule):
         decoder_groups: Sequence[Sequence[str]] | None = None,
         channels: int = 64,
         hidden: int = 256,
-        mechanism_hidden: int = 32,
+        mechanism_hidden: int = 64,
+        noise_bins: int = 16,
+        noise_bound: float = 5.0,
         pixel_scale: float | str = "learned",
         edge_threshold: float = 0.02,
         edge_relative: float = 0.2,
@@ -248,10 +256,14 @@ class CausalVAE(PyroModule):
             except ValueError as err:
                 raise ValueError(f"image_shape {image_shape} is not supported: {err}") from None
         style_dim = _check_nonnegative_int(style_dim, "style_dim")
-        channels, hidden, mechanism_hidden = (
+        channels, hidden, mechanism_hidden, noise_bins = (
             check_positive_int(v, name) for name, v in
-            [("channels", channels), ("hidden", hidden), ("mechanism_hidden", mechanism_hidden)]
+            [("channels", channels), ("hidden", hidden), ("mechanism_hidden", mechanism_hidden),
+             ("noise_bins", noise_bins)]
         )
+        if noise_bins < 2:
+            raise ValueError(f"noise_bins must be at least 2, got {noise_bins}")
+        noise_bound = check_positive_float(noise_bound, "noise_bound")
         if channels % 2:
             raise ValueError(f"channels must be even, got {channels}")
         mechanism = _check_choice(mechanism, "mechanism", MECHANISMS)
@@ -277,8 +289,8 @@ class CausalVAE(PyroModule):
         self._config = dict(
             concepts=list(self.concepts), image_shape=list(image_shape), graph_spec=self.spec.to_json(),
             style_dim=style_dim, mechanism=mechanism, noise=noise, decoder=decoder, channels=channels, hidden=hidden,
-            mechanism_hidden=mechanism_hidden, pixel_scale=pixel_scale, edge_threshold=edge_threshold,
-            edge_relative=edge_relative,
+            mechanism_hidden=mechanism_hidden, noise_bins=noise_bins, noise_bound=noise_bound,
+            pixel_scale=pixel_scale, edge_threshold=edge_threshold, edge_relative=edge_relative,
         )
         if decoder_groups is not None:
             self._config["decoder_groups"] = decoder_groups
@@ -297,7 +309,7 @@ class CausalVAE(PyroModule):
             self.encoder = MLPEncoder(image_shape[0], 2 * latent, (hidden, hidden))
             self.decoder = MLPDecoder(latent, image_shape[0], (hidden, hidden))
         self.mechanisms = Mechanisms(K, mechanism_hidden, mechanism)
-        self.noise_splines = NoiseSplines(K) if noise == "spline" else None
+        self.noise_splines = NoiseSplines(K, noise_bins, noise_bound) if noise == "spline" else None
         for m in (self.encoder, self.decoder, self.mechanisms, self.noise_splines):
             if m is not None:
                 to_pyro_module_(m)
@@ -487,6 +499,9 @@ class CausalVAE(PyroModule):
                 f"model config has missing key(s) {missing} and unknown key(s) {unknown}; "
                 f"expected {list(_CONFIG_REQUIRED)} and optionally {list(_CONFIG_OPTIONAL)}{hint}"
             )
+        # runs saved before these were settings had splines of 8 bins on [-3, 3]
+        cfg.setdefault("noise_bins", 8)
+        cfg.setdefault("noise_bound", 3.0)
         spec = cfg.pop("graph_spec")
         if not isinstance(spec, dict) or set(spec) != {"known", "required", "forbidden"}:
             raise ValueError(

@@ -196,7 +196,7 @@ _SETTINGS = ("seed", "epochs", "batch_size", "keep_last", "al_every", "lr", "war
 
 
 #: default of ``fit(equation_steps=...)``: Adam steps fitting the structural equations to the labels before SVI
-EQUATION_STEPS = 1000
+EQUATION_STEPS = 4000
 
 
 def check_settings(**kw) -> None:
@@ -377,7 +377,7 @@ def fit(
     :param equation_steps: before SVI (after the order search), fit the structural equations to the
         labelled rows by maximum likelihood for this many steps (:func:`~pyro_causalvae.warm_start.
         fit_structural_equations`: mechanisms, noise scales and shapes; ``A`` held); ``0``: never;
-        default :data:`EQUATION_STEPS` (1000). Once per model, like the order search.
+        default :data:`EQUATION_STEPS` (4000). Once per model, like the order search.
     :param label_dropout: the share of each batch's labelled images whose labels the ELBO hides (their
         concepts are inferred by the guide, as for unlabelled images, while the ``encoder`` term still
         reads them). Without it, a labelled image's concepts never pass through the encoder on their way

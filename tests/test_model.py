@@ -296,6 +296,33 @@ def test_config_round_trip():
     assert_close(clone.denormalise(torch.zeros(4)), torch.tensor([1.0, 2.0, 3.0, 4.0]))
 
 
+def test_noise_spline_settings_round_trip_and_old_configs_keep_their_splines():
+    model = chain_model(noise_bins=12, noise_bound=4.0)
+    assert model.noise_splines.unnormalized_widths.shape == (4, 12) and model.noise_splines.bound == 4.0
+    clone = CausalVAE.from_config(model.config())
+    clone.load_state_dict(model.state_dict())
+    assert clone.noise_splines.bound == 4.0 and clone.config()["noise_bins"] == 12
+    # a run saved before these were settings: 8 bins on [-3, 3], whatever today's defaults are
+    old = chain_model(noise_bins=8, noise_bound=3.0)
+    cfg = old.config()
+    del cfg["noise_bins"], cfg["noise_bound"]
+    again = CausalVAE.from_config(cfg)
+    again.load_state_dict(old.state_dict())
+    assert again.noise_splines.bound == 3.0 and again.noise_splines.unnormalized_widths.shape[-1] == 8
+    assert chain_model().noise_splines.bound == 5.0  # today's default differs, so the fallback matters
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(noise_bins=1), "noise_bins must be at least 2"),
+    (dict(noise_bins=2.5), "noise_bins"),
+    (dict(noise_bound=0.0), "noise_bound"),
+    (dict(noise_bound=float("inf")), "noise_bound"),
+])
+def test_bad_noise_spline_settings_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        chain_model(**kw)
+
+
 def test_structural_forward_is_the_model_without_pyro():
     model = chain_model()
     config = {c: TransformReparam() for c in CONCEPTS}
