@@ -329,6 +329,20 @@ def _workers(args, train) -> int:
     return min(4, max(1, cores - 1))
 
 
+def _run_architecture(out: Path) -> dict:
+    """``train --resume``: the settings of the run in ``out`` that ``train`` has no flag for (widths, noise
+    shapes, ...), so that a run resumes with its own architecture even where today's defaults differ (a
+    run saved before a setting existed gets the value it had, :data:`~pyro_causalvae.model.LEGACY_CONFIG`).
+    Empty when ``out`` holds no config (``fit`` then names what is missing)."""
+    from .checkpoint import CONFIG, read_config
+    from .model import ARCHITECTURE_KEYS, LEGACY_CONFIG
+
+    if not (out / CONFIG).is_file():
+        return {}
+    saved = {**LEGACY_CONFIG, **read_config(out)["model"]}
+    return {k: saved[k] for k in ARCHITECTURE_KEYS if k in saved}
+
+
 def run_training(args, dataset_args) -> int:
     import pyro
     import torch
@@ -359,6 +373,8 @@ def run_training(args, dataset_args) -> int:
     model_args = dict(style_dim=args.style_dim, graph=data.graph, edge_threshold=args.threshold, edge_relative=args.relative,
                       label_loc=train.label_loc, label_scale=train.label_scale, decoder=args.decoder,
                       decoder_groups=_objects(args, train))
+    if args.resume:
+        model_args.update(_run_architecture(Path(args.out)))
 
     def build():
         return CausalVAE(train.concepts, train.image_shape, **model_args)

@@ -84,6 +84,12 @@ _CONFIG_REQUIRED = ("concepts", "image_shape", "graph_spec")
 _CONFIG_OPTIONAL = ("style_dim", "mechanism", "noise", "decoder", "decoder_groups", "channels", "hidden", "mechanism_hidden", "noise_bins",
                     "noise_bound", "pixel_scale", "edge_threshold", "edge_relative", "label_loc", "label_scale")
 
+#: the values of settings a run saved before they were settings had (absent keys of its config mean these)
+LEGACY_CONFIG = {"noise_bins": 8, "noise_bound": 3.0}
+
+#: settings of :meth:`CausalVAE.config` that ``train`` has no flag for: ``train --resume`` takes them from the run
+ARCHITECTURE_KEYS = ("mechanism", "noise", "channels", "hidden", "mechanism_hidden", "noise_bins", "noise_bound", "pixel_scale")
+
 #: image decoders: one network of all concepts and the style; one per concept (or group) with summed logits;
 #: one per concept (or group) painting a layer, the layers mixed per pixel by a softmax of their masks
 DECODERS = ("joint", "composite", "layered")
@@ -499,9 +505,8 @@ class CausalVAE(PyroModule):
                 f"model config has missing key(s) {missing} and unknown key(s) {unknown}; "
                 f"expected {list(_CONFIG_REQUIRED)} and optionally {list(_CONFIG_OPTIONAL)}{hint}"
             )
-        # runs saved before these were settings had splines of 8 bins on [-3, 3]
-        cfg.setdefault("noise_bins", 8)
-        cfg.setdefault("noise_bound", 3.0)
+        for k, v in LEGACY_CONFIG.items():  # a run saved before these were settings
+            cfg.setdefault(k, v)
         spec = cfg.pop("graph_spec")
         if not isinstance(spec, dict) or set(spec) != {"known", "required", "forbidden"}:
             raise ValueError(

@@ -49,7 +49,7 @@ from . import rundir
 from ._validation import check_finite, missing_label_line
 from .data_feed import BatchFeed
 from .loss import TERMS, LossWeights, loss_terms, total_loss
-from .model import CausalVAE
+from .model import LEGACY_CONFIG, CausalVAE
 from .progress import log
 from .warm_start import fit_structural_equations
 
@@ -233,6 +233,7 @@ def _resume_conflicts(saved: dict, config: dict, seed: int, state: dict) -> list
         out.append(f"seed (the run: {saved['fit']['seed']}, now: {seed})")
     old_model, new_model = saved.get("model"), json.loads(json.dumps(config["model"]))
     if isinstance(old_model, dict):
+        old_model = {**LEGACY_CONFIG, **old_model}  # a run saved before these were settings had these values
         for k in sorted(set(old_model) | set(new_model)):
             if old_model.get(k) != new_model.get(k):
                 what = "graph" if k == "graph_spec" else k

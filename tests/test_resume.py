@@ -54,3 +54,34 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
         assert {k: a[k] for k in ("loss", "recon", "kl", "h", "step")} == {k: b[k] for k in ("loss", "recon", "kl", "h", "step")}
     assert hist_resumed.graph_search["order"] == hist_full.graph_search["order"]
     assert not list(run.glob(".*.tmp"))  # a temporary file of a write cut short is removed by the next save
+
+
+def test_a_run_saved_before_the_spline_settings_resumes_with_its_own_architecture(tmp_path):
+    """A run whose config.json predates ``noise_bins`` / ``noise_bound`` (8 bins on [-3, 3] then, 16 on [-5, 5]
+    now): ``train --resume`` builds the run's architecture (``cli._run_architecture``), and ``fit`` refuses a
+    model of today's defaults by naming the setting, rather than loading mismatched tensors."""
+    import json
+
+    import pytest
+
+    from pyro_causalvae import CausalVAE
+    from pyro_causalvae.cli import _run_architecture
+    from tiny import CONCEPTS
+
+    run = tmp_path / "old"
+    settings = dict(epochs=1, batch_size=16, seed=5, warm_start_steps=10, equation_steps=10, progress=False)
+    old = CausalVAE(CONCEPTS, (3, 16, 16), style_dim=2, channels=8, hidden=16, mechanism_hidden=8, noise_bins=8, noise_bound=3.0)
+    fit(old, tiny_dataset(), out_dir=run, **settings)
+    cfg_path = run / ckpt.CONFIG
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["model"]["noise_bins"], cfg["model"]["noise_bound"]  # as an earlier version wrote it
+    cfg_path.write_text(json.dumps(cfg))
+
+    arch = _run_architecture(run)
+    assert (arch["noise_bins"], arch["noise_bound"], arch["mechanism_hidden"], arch["hidden"]) == (8, 3.0, 8, 16)
+    today = CausalVAE(CONCEPTS, (3, 16, 16), style_dim=2, channels=8, hidden=16, mechanism_hidden=8)
+    with pytest.raises(ValueError, match=r"cannot resume .*noise_bins \(the run: 8, now: 16\); noise_bound \(the run: 3\.0, now: 5\.0\)"):
+        fit(today, tiny_dataset(), out_dir=run, resume=True, **{**settings, "epochs": 2})
+    resumed = CausalVAE(CONCEPTS, (3, 16, 16), style_dim=2, **arch)
+    hist = fit(resumed, tiny_dataset(), out_dir=run, resume=True, **{**settings, "epochs": 2})
+    assert len(hist.rows) == 2 and resumed.noise_splines.bound == 3.0
