@@ -373,13 +373,17 @@ def run_training(args, dataset_args) -> int:
     model_args = dict(style_dim=args.style_dim, graph=data.graph, edge_threshold=args.threshold, edge_relative=args.relative,
                       label_loc=train.label_loc, label_scale=train.label_scale, decoder=args.decoder,
                       decoder_groups=_objects(args, train))
+    where = "the command line"
     if args.resume:
-        model_args.update(_run_architecture(Path(args.out)))
+        arch = _run_architecture(Path(args.out))
+        model_args.update(arch)
+        if arch:
+            where = f"the command line and {Path(args.out) / 'config.json'}"
 
     def build():
         return CausalVAE(train.concepts, train.image_shape, **model_args)
 
-    _limits.check_model_build(build, model_args, "the command line", factor=4)  # parameters, gradients, Adam moments
+    _limits.check_model_build(build, model_args, where, factor=4)  # parameters, gradients, Adam moments
     model = build()
     out = Path(args.out)
     history = fit(model, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights,

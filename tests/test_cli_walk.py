@@ -192,6 +192,9 @@ def build_cases(w: World) -> dict[str, dict]:
         r"checkpoint-\d+\.pt: field 'model' holds non-finite values in \S+weight \(a diverged run\)")
     add("resume-state-mismatch", train_args(data, w.run_copy("r-mismatch", edit_config=lambda c: c["model"].update(hidden=32)), "--resume", "--epochs", "2"),
         r"checkpoint-\d+\.pt does not match \S*config\.json: .*size mismatch")  # --resume builds the run's own widths
+    add("resume-config-hidden-1e100", train_args(data, w.run_copy("r-huge", edit_config=lambda c: c["model"].update(hidden=10**100)),
+                                                 "--resume", "--epochs", "2"),
+        r"the command line and \S*config\.json: model field 'hidden' = 1e\+100 is out of range \(at most 65536\)")
 
     # --- disk full -------------------------------------------------------------------------------------
     add("disk-full", train_args(data, r / "o-full"), r"cannot write .*checkpoint-0000000\d\.pt: file too large \(a file-size limit\) \(EFBIG\).*the files already in that folder are intact",
@@ -297,7 +300,7 @@ def _names():
         "threshold-nan", "decoded-images-over-budget", "model-over-budget", "memory-env-malformed", "out-not-a-run",
         "out-other-files", "out-is-a-file", "out-holds-checkpoints", "locked-run", "resume-other-seed", "resume-other-graph",
         "resume-no-optim", "resume-no-history", "resume-batch-negative", "resume-epoch-string", "resume-sums-shape",
-        "resume-nan-parameter", "resume-state-mismatch", "disk-full", "config-hidden-1e100", "config-channels-1e12",
+        "resume-nan-parameter", "resume-state-mismatch", "resume-config-hidden-1e100", "disk-full", "config-hidden-1e100", "config-channels-1e12",
         "config-over-memory", "config-not-json", "config-no-model", "config-data-string", "config-unknown-key",
         "checkpoint-not-a-dict", "checkpoint-epoch-negative", "checkpoint-nan-parameter", "checkpoint-pickle",
         "checkpoint-truncated", "missing-run", "run-without-checkpoint", "do-no-equals", "do-not-a-number", "do-nan",
