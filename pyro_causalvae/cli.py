@@ -348,6 +348,7 @@ def run_training(args, dataset_args) -> int:
     import torch
 
     from . import _limits, distributed, plotting
+    from .checkpoint import CONFIG
     from .metrics import edge_precision_recall, shd
     from .model import CausalVAE
     from .train import check_settings, fit
@@ -373,19 +374,19 @@ def run_training(args, dataset_args) -> int:
     model_args = dict(style_dim=args.style_dim, graph=data.graph, edge_threshold=args.threshold, edge_relative=args.relative,
                       label_loc=train.label_loc, label_scale=train.label_scale, decoder=args.decoder,
                       decoder_groups=_objects(args, train))
+    out = Path(args.out)
     where = "the command line"
     if args.resume:
-        arch = _run_architecture(Path(args.out))
+        arch = _run_architecture(out)
         model_args.update(arch)
         if arch:
-            where = f"the command line and {Path(args.out) / 'config.json'}"
+            where = f"the command line and {out / CONFIG}"
 
     def build():
         return CausalVAE(train.concepts, train.image_shape, **model_args)
 
     _limits.check_model_build(build, model_args, where, factor=4)  # parameters, gradients, Adam moments
     model = build()
-    out = Path(args.out)
     history = fit(model, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights,
                   device=args.device, seed=args.seed, out_dir=out, resume=args.resume, progress=not args.no_progress and main_rank,
                   checkpoint_every=args.checkpoint_every, checkpoint_interval=args.checkpoint_interval,

@@ -4,6 +4,7 @@ parameters of an uninterrupted run (CPU, same seed).
     a --> b --> c        (tests/tiny.py; the killed process runs tests/kill_worker.py)
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -11,13 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from kill_worker import SETTINGS
-from tiny import params, tiny_dataset, tiny_model
+from tiny import CONCEPTS, params, tiny_dataset, tiny_model
 
 from pyro_causalvae import checkpoint as ckpt
-from pyro_causalvae import fit
+from pyro_causalvae import CausalVAE, fit
+from pyro_causalvae.cli import _run_architecture
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,14 +63,6 @@ def test_a_run_saved_before_the_spline_settings_resumes_with_its_own_architectur
     """A run whose config.json predates ``noise_bins`` / ``noise_bound`` (8 bins on [-3, 3] then, 16 on [-5, 5]
     now): ``train --resume`` builds the run's architecture (``cli._run_architecture``), and ``fit`` refuses a
     model of today's defaults by naming the setting, rather than loading mismatched tensors."""
-    import json
-
-    import pytest
-
-    from pyro_causalvae import CausalVAE
-    from pyro_causalvae.cli import _run_architecture
-    from tiny import CONCEPTS
-
     run = tmp_path / "old"
     settings = dict(epochs=1, batch_size=16, seed=5, warm_start_steps=10, equation_steps=10, progress=False)
     old = CausalVAE(CONCEPTS, (3, 16, 16), style_dim=2, channels=8, hidden=16, mechanism_hidden=8, noise_bins=8, noise_bound=3.0)
