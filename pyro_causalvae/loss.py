@@ -39,10 +39,10 @@ KL analytic, the concepts' by one sample) with the same random draws, values and
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import pyro
-import pyro.distributions as dist
 import torch
 
 from .model import CausalVAE
@@ -161,6 +161,33 @@ def guide_draws(model: CausalVAE, post, seen: torch.Tensor | None) -> tuple[torc
     return torch.stack(draws, -1), style
 
 
+def normal_nll(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """``-sum log Normal(x | loc, scale)`` over every entry, as a scalar: the value and gradients of
+    ``-dist.Normal(loc, scale).log_prob(x).sum()`` with fewer passes over the images: one residual, whose
+    squared norm is taken per entry of the scale (per channel), and no support check. At 96x96 on one
+    core the log-density's elementwise passes were a tenth of a training step.
+
+    :param x: ``[N, ...]`` observations (images ``[N, C, H, W]``).
+    :param loc: means, the shape of ``x``.
+    :param scale: a positive float, or a tensor that broadcasts to ``x`` (``[C, 1, 1]`` per channel).
+    """
+    d = loc - x  # (not x - loc: the gradient then reaches loc without a negation)
+    if not isinstance(scale, torch.Tensor):
+        quad = torch.linalg.vector_norm(d).square() / scale**2
+        log_scale = x.numel() * math.log(scale)
+    else:
+        aligned = (1,) * (x.dim() - scale.dim()) + tuple(scale.shape)  # the scale's shape against x's dims
+        dims = tuple(i for i, n in enumerate(aligned) if n == 1)  # the dims each entry of the scale covers
+        s = scale.reshape(aligned)
+        if dims:
+            quad = (torch.linalg.vector_norm(d, dim=dims, keepdim=True).square() / s.square()).sum()
+        else:
+            quad = (d / s).square().sum()
+        # each entry of the scale is repeated numel(x) / numel(scale) times by broadcasting
+        log_scale = torch.log(scale).sum() * (x.numel() / scale.numel())
+    return 0.5 * quad + log_scale + 0.5 * x.numel() * math.log(2 * math.pi)
+
+
 def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
                hide: torch.Tensor | None = None, cycle: bool = False, minimality: bool = False) -> dict[str, torch.Tensor]:
     """Each loss term as a scalar tensor (per image where it applies), unweighted.
@@ -199,7 +226,7 @@ def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
         q = torch.distributions.Normal(post.style_loc, post.style_scale)
         kl = kl + torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum()
     loc = model.decode(c, style)
-    recon = -dist.Normal(loc, model.pixel_scales()).to_event(len(model.image_shape)).log_prob(x).sum() / N
+    recon = normal_nll(x, loc, model.pixel_scales()) / N
     if u is not None:
         observed = ~torch.isnan(u)
         reading = torch.distributions.Normal(post.loc, post.scale).log_prob(u.nan_to_num(0.0))

@@ -469,3 +469,22 @@ def test_minimality_term_reads_back_only_what_an_intervention_must_not_change():
     assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
     assert minimality_term(model, x, u, post, share=0.25).shape == ()  # 2 of the 8 images, random k and v
+
+
+@pytest.mark.parametrize("scale", [0.1, torch.tensor([0.05, 0.2, 1.5])[:, None, None], torch.tensor([0.3]),
+                                   torch.rand(3, 8, 8) + 0.1], ids=["float", "per-channel", "one", "per-pixel"])
+def test_normal_nll_equals_pyro_normal_log_prob(scale):
+    """The loss's image term (one residual, its squared norm per entry of the scale) is Pyro's Normal
+    log-density: values and gradients, for a fixed scale and scales per channel, for all, per pixel."""
+    from pyro_causalvae.loss import normal_nll
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 8, 8, generator=g)
+    loc = torch.rand(5, 3, 8, 8, generator=g).requires_grad_()
+    s = scale.clone().requires_grad_() if isinstance(scale, torch.Tensor) else scale
+    ours = normal_nll(x, loc, s)
+    expected = -pyro.distributions.Normal(loc, s).to_event(3).log_prob(x).sum()
+    assert_close(ours, expected)
+    wrt = [loc] + ([s] if isinstance(s, torch.Tensor) else [])
+    for a, b in zip(torch.autograd.grad(ours, wrt), torch.autograd.grad(expected, wrt)):
+        assert_close(a, b)
