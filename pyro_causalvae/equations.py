@@ -31,7 +31,7 @@ from torch.distributions.transforms import Transform
 from torch.nn import functional as F
 
 MECHANISMS = ("mlp", "linear")
-NOISES = ("spline", "normal")
+NOISES = ("spline", "normal", "spline-all")
 
 
 class Mechanisms(nn.Module):

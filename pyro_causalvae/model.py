@@ -195,7 +195,10 @@ class CausalVAE(PyroModule):
     :param forbidden: edges that a learned graph must not contain.
     :param style_dim: ``S``, unsupervised style latents outside the graph (0 for none).
     :param mechanism: ``"mlp"`` (default) or ``"linear"`` mechanisms ``g_i``.
-    :param noise: ``"spline"`` (default: learned noise shape) or ``"normal"`` (Gaussian noise).
+    :param noise: ``"spline-all"`` (default: a learned noise shape for every concept), ``"spline"`` (a learned
+        shape for the roots, Gaussian noise for the concepts with parents: the default before the
+        children's shapes were fitted in a second stage, see :meth:`concept_distribution`) or ``"normal"``
+        (Gaussian noise for all).
     :param decoder: ``"layered"`` (default: one decoder per object, see ``decoder_groups``, and one for the
         style, each painting a layer with a mask; a softmax over the masks and a learned background gives
         each pixel's owner: :class:`~pyro_causalvae.nets.CompositeConvDecoder`), ``"composite"`` (the same
@@ -210,7 +213,7 @@ class CausalVAE(PyroModule):
     :param hidden: width of the MLP layers.
     :param mechanism_hidden: width of the MLP mechanisms (default 64: Pendulum's shadow_length, a kinked
         function of the angles, kept a residual of 0.035 with 32; ``benchmarks/mechanism_fit.py``).
-    :param noise_bins: segments of each root's noise spline (``noise="spline"``).
+    :param noise_bins: segments of each noise spline.
     :param noise_bound: half-width of the splines' box in the standard-normal noise (identity outside):
         with 5 rather than 3, a root's prior puts 6e-7 rather than 0.3 % of its mass in the linear tails, which
         reach beyond the data's range (measured prior draws outside the range of Pendulum's uniform angles:
@@ -237,7 +240,7 @@ class CausalVAE(PyroModule):
         forbidden: Sequence[tuple[str, str]] = (),
         style_dim: int = 0,
         mechanism: str = "mlp",
-        noise: str = "spline",
+        noise: str = "spline-all",
         decoder: str = "layered",
         decoder_groups: Sequence[Sequence[str]] | None = None,
         channels: int = 64,
@@ -315,7 +318,7 @@ class CausalVAE(PyroModule):
             self.encoder = MLPEncoder(image_shape[0], 2 * latent, (hidden, hidden))
             self.decoder = MLPDecoder(latent, image_shape[0], (hidden, hidden))
         self.mechanisms = Mechanisms(K, mechanism_hidden, mechanism)
-        self.noise_splines = NoiseSplines(K, noise_bins, noise_bound) if noise == "spline" else None
+        self.noise_splines = NoiseSplines(K, noise_bins, noise_bound) if noise != "normal" else None
         for m in (self.encoder, self.decoder, self.mechanisms, self.noise_splines):
             if m is not None:
                 to_pyro_module_(m)
@@ -552,10 +555,15 @@ class CausalVAE(PyroModule):
         """The distribution of concept ``i`` given its mechanism's output ``loc`` (``[...]``):
         ``TransformedDistribution(Normal(0, 1), AdditiveNoise(loc, s_i, f_i))``, batch shape ``loc.shape``.
 
-        The noise shape ``f_i`` is a spline for a root concept (``noise="spline"``: a root's noise is its
-        whole distribution, e.g. uniform) and the identity (Gaussian noise) for a concept with parents: a
-        flexible noise shape would fit the child's marginal instead of its mechanism (measured on
-        Pendulum's labels, 700 steps: shadow_length's mechanism residual 0.48 with a spline, 0.07 without).
+        The noise shape ``f_i`` is a spline for a root concept (a root's noise is its whole distribution, e.g.
+        uniform) and, with ``noise="spline-all"`` (the default), for a concept with parents too (Flow's
+        water height is its ball's volume plus a *uniform* level: with Gaussian noise, seeing a high water
+        level put the ball's posterior sd at 1.87x the simulator's). A child's shape fitted together with
+        its mechanism from the start fits the child's marginal instead of its mechanism (on Pendulum's
+        labels, 700 steps: shadow_length's mechanism residual 0.48 with a spline, 0.07 without), so the
+        structural equations' warm start fits the mechanisms first with the children's noise Gaussian, then
+        the shapes with the mechanisms held (:func:`~pyro_causalvae.warm_start.fit_structural_equations`);
+        SVI then trains everything. ``noise="spline"``: Gaussian noise for the children.
 
         :param scales: ``[K]`` noise scales (default :meth:`noise_scales`).
         :param splines: the noise splines' parameters (default from the model).
@@ -564,9 +572,10 @@ class CausalVAE(PyroModule):
         scales = self.noise_scales() if scales is None else scales
         if root is None:
             root = not self.parents()[i]
-        if splines is None and self.noise_splines is not None and root:
+        shaped = root or self._config["noise"] == "spline-all"
+        if splines is None and self.noise_splines is not None and shaped:
             splines = self.noise_splines()
-        spline = None if splines is None or not root else tuple(p[i] for p in splines)
+        spline = None if splines is None or not shaped else tuple(p[i] for p in splines)
         base = dist.Normal(torch.zeros_like(loc), torch.ones_like(loc))
         bound = self.noise_splines.bound if self.noise_splines is not None else 3.0
         return dist.TransformedDistribution(base, [AdditiveNoise(loc, scales[i], spline, bound)])
@@ -596,7 +605,8 @@ class CausalVAE(PyroModule):
             values[i] = self.concept_distribution(i, loc, s, splines, not parents[i]).transforms[0](eps[..., i])
         return torch.stack(values, -1)
 
-    def concept_log_prob(self, c: torch.Tensor, held: torch.Tensor | None = None) -> torch.Tensor:
+    def concept_log_prob(self, c: torch.Tensor, held: torch.Tensor | None = None,
+                         child_shapes: bool = True) -> torch.Tensor:
         """The concept sites' log-densities as a tensor function: ``log p(c_i | parents(c))`` under the
         structural equations, every concept in one batched call (no Pyro sites, no loop over concepts).
 
@@ -608,20 +618,24 @@ class CausalVAE(PyroModule):
         :param held: ``[N]`` booleans or ``None``: rows whose densities pass gradient to ``c`` only, not to
             the structural equations' parameters (``A``, the mechanisms, the noise scales and shapes); the
             same values. The loss holds them on the rows whose labels it hides from the ELBO (label dropout).
+        :param child_shapes: ``False``: the concepts with parents get Gaussian noise even with
+            ``noise="spline-all"`` (the first stage of the structural equations' warm start).
         :returns: ``[N, K]`` log-densities (float32, also under an autocast).
         """
         with torch.autocast(self.label_loc.device.type, enabled=False):
             c = c.float()
-            roots = [i for i, pa in enumerate(self.parents()) if not pa]  # spline noise (concept_distribution)
+            shaped = [i for i, pa in enumerate(self.parents()) if not pa]  # spline noise (concept_distribution)
+            if self._config["noise"] == "spline-all" and child_shapes:
+                shaped = list(range(len(self.concepts)))
             bound = self.noise_splines.bound if self.noise_splines is not None else 3.0
             A, scales = self.scm_adjacency(), self.noise_scales()
             splines = self.noise_splines() if self.noise_splines is not None else None
-            out = additive_noise_log_prob(c, self.mechanisms(c, A), scales, splines, roots, bound)
+            out = additive_noise_log_prob(c, self.mechanisms(c, A), scales, splines, shaped, bound)
             if held is None:
                 return out
             splines = None if splines is None else tuple(p.detach() for p in splines)
             fixed = additive_noise_log_prob(c, self.mechanisms(c, A.detach(), detach=True), scales.detach(), splines,
-                                            roots, bound)
+                                            shaped, bound)
             return torch.where(held[:, None], fixed, out)
 
     def descendants_mask(self) -> torch.Tensor:

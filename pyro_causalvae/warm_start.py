@@ -8,7 +8,9 @@ Fitting the equations to the labelled rows first, by maximum likelihood on the c
 (:meth:`~pyro_causalvae.model.CausalVAE.concept_log_prob`: the densities of the concept sites of
 :meth:`~pyro_causalvae.model.CausalVAE.concept_model`, no images), takes seconds.
 
-What is fitted: the mechanisms ``g_i``, the noise scales ``s_i`` and the roots' noise splines ``f_i``; the
+What is fitted: the mechanisms ``g_i``, the noise scales ``s_i`` and the noise splines ``f_i`` (with
+``noise="spline-all"`` in two stages: the mechanisms with the children's noise Gaussian, then every
+noise shape and scale with the mechanisms held); the
 graph (``A``) is held (its edges into each concept first rescaled so that the strongest is 1:
 :func:`unit_edge_scale`), as the order search and its warm start (:mod:`pyro_causalvae.discovery`) or the
 known graph left it. So with ``mechanism="linear"`` (``g_i = sum_j A[j, i] c_j + b_i``) the slopes, which are
@@ -45,7 +47,8 @@ def fit_structural_equations(model, labels: torch.Tensor, steps: int = 1000, bat
 
     :param model: a :class:`~pyro_causalvae.model.CausalVAE`.
     :param labels: normalised labels ``[N, K]`` on the model's device; rows with a missing label are skipped.
-    :param steps: Adam steps on batches of ``batch_size`` rows, the step size decayed from ``lr`` to 0 (cosine).
+    :param steps: Adam steps on batches of ``batch_size`` rows, the step size decayed from ``lr`` to 0 (cosine);
+        with ``noise="spline-all"`` as many again for the second stage.
     :returns: ``{"steps": int, "rows": int, "nll_before": float, "nll_after": float}`` (mean negative
         log-density of a labelled row, over all the rows, before and after), or ``{"rows": 0}``.
     """
@@ -54,29 +57,36 @@ def fit_structural_equations(model, labels: torch.Tensor, steps: int = 1000, bat
         return {"rows": int(rows.shape[0]), "steps": 0}
     if model.mechanisms.kind == "mlp":
         unit_edge_scale(model)
-    params = list(model.mechanisms.parameters()) + [model.noise_scale_raw]
-    if model.noise_splines is not None:
-        params += list(model.noise_splines.parameters())
-    optim = torch.optim.Adam(params, lr=lr)
-    # cosine decay to 0: at a constant 1e-2 the last steps oscillate (4,000 steps on Pendulum's labels ended
-    # once with shadow_length's prior error 0.53 against 0.058 one run later; benchmarks/mechanism_fit.py)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=steps)
     g = torch.Generator(device="cpu").manual_seed(seed)
     was_training = model.training
     model.eval()  # the graph as reported, no straight-through edges: A is held
+    # noise="spline-all": first the mechanisms with the children's noise Gaussian, then the noise shapes and
+    # scales with the mechanisms held (fitted together from the start, a child's spline fits its marginal
+    # instead of its mechanism; see CausalVAE.concept_distribution)
+    two_stage = model.config()["noise"] == "spline-all"
 
-    def nll(u: torch.Tensor) -> torch.Tensor:  # the concept sites' densities, batched over the concepts
-        return -model.concept_log_prob(u).mean(0).sum()
+    def nll(u: torch.Tensor, child_shapes: bool = True) -> torch.Tensor:  # the concept sites' densities
+        return -model.concept_log_prob(u, child_shapes=child_shapes).mean(0).sum()
+
+    def descend(params: list[torch.Tensor], child_shapes: bool) -> None:
+        optim = torch.optim.Adam(params, lr=lr)
+        # cosine decay to 0: at a constant 1e-2 the last steps oscillate (4,000 steps on Pendulum's labels ended
+        # once with shadow_length's prior error 0.53 against 0.058 one run later; benchmarks/mechanism_fit.py)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=steps)
+        for _ in range(steps):
+            idx = torch.randint(0, rows.shape[0], (min(batch_size, rows.shape[0]),), generator=g).to(rows.device)
+            loss = nll(rows[idx], child_shapes)
+            optim.zero_grad(set_to_none=True)
+            loss.backward(inputs=params)
+            optim.step()
+            schedule.step()
 
     with torch.no_grad():
         before = float(nll(rows))
-    for _ in range(steps):
-        idx = torch.randint(0, rows.shape[0], (min(batch_size, rows.shape[0]),), generator=g).to(rows.device)
-        loss = nll(rows[idx])
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        schedule.step()
+    shapes = [] if model.noise_splines is None else list(model.noise_splines.parameters())
+    descend(list(model.mechanisms.parameters()) + [model.noise_scale_raw] + shapes, child_shapes=not two_stage)
+    if two_stage:
+        descend([model.noise_scale_raw] + shapes, child_shapes=True)
     with torch.no_grad():
         after = float(nll(rows))
     model.train(was_training)

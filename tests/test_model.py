@@ -148,7 +148,10 @@ def _learned_chain_model(**kw):
     lambda: chain_model(noise="normal", mechanism="linear"),
     lambda: _learned_chain_model(),
     lambda: _learned_chain_model(style_dim=1, noise="normal"),
-], ids=["known-spline-style", "known-linear-normal", "learned-training", "learned-style"])
+    lambda: chain_model(noise="spline-all"),
+    lambda: _learned_chain_model(noise="spline-all"),
+], ids=["known-spline-style", "known-linear-normal", "learned-training", "learned-style", "known-spline-all",
+        "learned-spline-all"])
 def test_elbo_terms_equal_pyro_trace_elbo(make):
     """The loss's batched tensor form of the ELBO equals Pyro's TraceMeanField_ELBO on the model and the
     guide (the same draws): values, and the gradient of every parameter."""

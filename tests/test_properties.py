@@ -201,7 +201,7 @@ MODEL_ARGS = {
     "forbidden": arg([(), [("c", "a")]], ["ab", 3, [("a", "zz")], [(1, 2)]]),
     "pixel_scale": arg([0.1, 1], [0, -0.1, float("nan"), float("inf"), "0.1", True, None]),
     "mechanism": arg(["mlp", "linear"], ["MLP", None, 1]),
-    "noise": arg(["spline", "normal"], ["gauss", None]),
+    "noise": arg(["spline", "spline-all", "normal"], ["gauss", "spline_all", None]),
     "edge_threshold": arg([0.0, 0.02], [-0.1, float("nan"), "0.02", True]),
     "edge_relative": arg([0.0, 0.2, 1.0], [-0.1, 1.5, float("inf")]),
     "label_loc": arg([None, [0.0, 1.0, 2.0], torch.zeros(3)], ["abc", ["a", "b", "c"], [0.0], [0, float("nan"), 0],
