@@ -237,6 +237,10 @@ def check_state(state: Any, path: str | Path, *, resume: bool = False, sums_shap
     if pruned is not None and not (isinstance(pruned, list) and all(
             isinstance(r, dict) and isinstance(r.get("edge"), list) and len(r["edge"]) == 2 for r in pruned)):
         raise ValueError(f"{path}: field 'pruned' must be null or a list of {{'edge': [parent, child]}}, got {_show(pruned)}")
+    refit = state.get("refit")
+    if refit is not None and not (isinstance(refit, dict) and all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in refit.items())):
+        raise ValueError(f"{path}: field 'refit' must be null or a dict of numbers (the equations' refit), got {_show(refit)}")
     return pos
 
 

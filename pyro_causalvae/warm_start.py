@@ -1,4 +1,5 @@
-"""Fitting the structural equations to the labels before SVI (the last step of the graph stage).
+"""Fitting the structural equations to the labels: before SVI (the last step of the graph stage), and again
+after the last epoch (`fit(refit_equations=True)`).
 
 Why: the concepts' densities have parameters that SVI at the image model's learning rate moves slowly.
 A deterministic child's noise scale must fall from its initial 0.47 to its mechanism's residual (about
@@ -55,8 +56,6 @@ def fit_structural_equations(model, labels: torch.Tensor, steps: int = 1000, bat
     rows = labels[~torch.isnan(labels).any(1)]
     if rows.shape[0] == 0 or steps == 0:
         return {"rows": int(rows.shape[0]), "steps": 0}
-    if model.mechanisms.kind == "mlp":
-        unit_edge_scale(model)
     g = torch.Generator(device="cpu").manual_seed(seed)
     was_training = model.training
     model.eval()  # the graph as reported, no straight-through edges: A is held
@@ -82,7 +81,9 @@ def fit_structural_equations(model, labels: torch.Tensor, steps: int = 1000, bat
             schedule.step()
 
     with torch.no_grad():
-        before = float(nll(rows))
+        before = float(nll(rows))  # as the model stood (before its edges are rescaled)
+    if model.mechanisms.kind == "mlp":
+        unit_edge_scale(model)
     shapes = [] if model.noise_splines is None else list(model.noise_splines.parameters())
     descend(list(model.mechanisms.parameters()) + [model.noise_scale_raw] + shapes, child_shapes=not two_stage)
     if two_stage:

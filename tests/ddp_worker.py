@@ -68,11 +68,12 @@ if __name__ == "__main__":
     ap.add_argument("--run-dir")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--mean-guide", action="store_true")
+    ap.add_argument("--no-refit", action="store_true", help="fit(refit_equations=False)")
     ap.add_argument("--checkpoint-every", type=int, default=200)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--crash-rank1-at-step", type=int, help="first attempt only (TORCHELASTIC_RESTART_COUNT=0)")
     args = ap.parse_args()
-    kw = {}
+    kw = {"refit_equations": False} if args.no_refit else {}
     if (args.crash_rank1_at_step and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
             and os.environ.get("RANK") == "1"):
         kw["callback"] = die_after(args.crash_rank1_at_step)

@@ -39,14 +39,17 @@ def torchrun(out: Path, *args: str, launcher: tuple[str, ...] = ()) -> list[dict
 
 
 def test_two_ranks_equal_each_other_and_one_process_with_the_same_global_batch(tmp_path):
-    r0, r1 = torchrun(tmp_path, "--mean-guide")
+    # the equations' refit after the last epoch is off here: its 100 Adam steps from near-identical starting
+    # points amplify the float rounding beyond the tolerance below (the next test covers it: rank 0 refits,
+    # every rank loads the result)
+    r0, r1 = torchrun(tmp_path, "--mean-guide", "--no-refit")
     for k, v in r0["params"].items():
         assert torch.equal(v, r1["params"][k]), k  # bit-identical: gradients all-reduced, same updates
     assert r0["order"] == r1["order"]
     # One process, global batch 8 (the ranks took 4 each). Without Monte-Carlo noise the two compute the
     # same loss; what remains is float rounding (gradient averaging order), measured at 4e-5 while the
     # parameters move by up to 0.9 in these 8 steps. Tolerance: 2e-4 absolute.
-    model, _ = train(2, None, mean=True)
+    model, _ = train(2, None, mean=True, refit_equations=False)
     single = params(model)
     torch.manual_seed(0)
     init = params(tiny_model())
@@ -65,6 +68,7 @@ def test_two_ranks_with_noise_stay_identical_and_the_run_resumes_on_one_process(
         assert torch.equal(v, r1["params"][k]), k
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
     assert (state["world_size"], state["epoch"], state["step"]) == (2, 2, 8)
+    assert state["refit"]["steps"] == 100  # rank 0 refitted the equations; the ranks agree (above): they got its result
     assert ckpt.read_json(run / ckpt.CONFIG)["fit"]["world_size"] == 2
     # Continue the 2-process run on 1 process (a different world size): it picks up at step 8.
     model, hist = train(3, str(run), resume=True)

@@ -227,6 +227,7 @@ BAD_FIELDS = [
     ("sums-shape", lambda s: s.update(sums=torch.zeros(3)), r"field 'sums' must be a float tensor of shape \[\d+\]"),
     ("graph-search", lambda s: s.update(graph_search="x"), r"field 'graph_search' must be null or a dict"),
     ("pruned", lambda s: s.update(pruned=[1]), r"field 'pruned' must be null or a list"),
+    ("refit", lambda s: s.update(refit={"rows": "x"}), r"field 'refit' must be null or a dict of numbers"),
     ("world-size-0", lambda s: s.update(world_size=0), r"field 'world_size' must be an integer >= 1"),
     ("model-other-shape", lambda s: s["model"].update({next(iter(s["model"])): torch.zeros(1)}), r"does not match .*config\.json"),
 ]

@@ -43,20 +43,23 @@ def test_different_seeds_differ():
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
-    # prune=False: a run that *finished* (epochs=1) is pruned at its end, and extending it keeps that graph;
+    # prune=False, refit_equations=False: a run that *finished* (epochs=1) is pruned and its equations refitted
+    # at its end, and extending it continues from there;
     # this test is about continuing the training state (tests/test_resume.py kills a run mid-epoch instead).
     ds = tiny_dataset()
     torch.manual_seed(0)
     full = tiny_model()
     init = copy.deepcopy(full.state_dict())
-    fit(full, ds, epochs=3, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "full", prune=False)
+    fit(full, ds, epochs=3, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "full", prune=False,
+        refit_equations=False)
 
     part = tiny_model()
     part.load_state_dict(init)
-    fit(part, ds, epochs=1, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "part", prune=False)
+    fit(part, ds, epochs=1, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "part", prune=False,
+        refit_equations=False)
     resumed = tiny_model()  # a fresh process would rebuild the model from config.json
     fit(resumed, ds, epochs=3, batch_size=16, seed=5, al_every=2, progress=False, out_dir=tmp_path / "part", resume=True,
-        prune=False)
+        prune=False, refit_equations=False)
     for k, v in params(full).items():
         assert_close(params(resumed)[k], v, msg=k)
     assert resumed.order == full.order
@@ -273,3 +276,36 @@ def test_fit_prunes_redundant_edges_after_the_last_epoch_and_records_them(tmp_pa
     torch.manual_seed(0)
     off = tiny_model()
     assert fit(off, ds, epochs=1, batch_size=16, progress=False, prune=False, warm_start_steps=50).pruned is None
+
+
+def test_fit_refits_the_structural_equations_after_the_last_epoch_and_nothing_else(tmp_path):
+    # a --> b --> c with b and c near-deterministic: SVI at a large lr leaves the mechanisms loose; the refit
+    # after the last epoch fits them to the labels again (A held), and leaves the image model as SVI left it
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(256, generator=g) * 2 - 1
+    b = torch.tanh(2 * a) + 0.01 * torch.randn(256, generator=g)
+    c = b**2 - 0.5 + 0.01 * torch.randn(256, generator=g)
+    images = (torch.rand(256, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+    ds = ConceptImageDataset(images, torch.stack([a, b, c], -1), concepts=CONCEPTS)
+    runs = {}
+    for refit in (False, True):
+        torch.manual_seed(0)
+        model = tiny_model(graph=GRAPH)
+        out = tmp_path / str(refit)
+        hist = fit(model, ds, epochs=2, batch_size=32, lr=3e-2, seed=1, progress=False, equation_steps=300,
+                   refit_equations=refit, out_dir=out)
+        with torch.no_grad():
+            nll = float(-model.concept_log_prob(ds.labels_normalised).mean(0).sum())  # per row
+        runs[refit] = (hist, params(model), nll, out)
+    (off, p_off, nll_off, _), (on, p_on, nll_on, out) = runs[False], runs[True]
+    assert off.refit is None and json.loads((tmp_path / "False" / ckpt.CONFIG).read_text())["fit"]["refit_equations"] is False
+    assert on.refit["rows"] == 256 and on.refit["steps"] == 300
+    assert on.refit["nll_after"] < on.refit["nll_before"] - 1.0  # SVI had left the equations far from the labels' fit
+    assert nll_on < nll_off - 1.0
+    assert abs(on.refit["nll_before"] - nll_off) < 1e-3  # the same SVI run up to the refit
+    for k in p_on:
+        same = torch.equal(p_on[k], p_off[k])
+        assert same == (not k.startswith(("A_raw", "mechanisms.", "noise_scale_raw", "noise_splines."))), k
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out))["refit"] == on.refit  # saved with the final state
+    with torch.no_grad():
+        assert abs(float(-load_model(out).concept_log_prob(ds.labels_normalised).mean(0).sum()) - nll_on) < 1e-4
