@@ -18,7 +18,10 @@ encoder's posterior mean against the labels, normalised units, mean over the con
 reconstruction's mean squared error per pixel. The same two figures are printed first for two known-bad
 references, so their scale can be read: an untrained model of the same configuration, and a constant
 guess (the training labels' mean for every concept, the mean training image for every reconstruction).
-Runs go to RUNS/<dataset>-seed<k>-<variant> (a finished run there is reused).
+Runs go to RUNS/<dataset>-seed<k>-<variant> (a finished run there is reused). ``--noise``, ``--decoder`` and
+``--equation-steps`` train another setting than the default (use another ``--runs`` folder for it), e.g.
+
+    python benchmarks/semi_supervised.py --dataset flow --variants semi --decoder joint --runs runs/semi-24j
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ def reference_errors(name: str, seed: int) -> dict:
 
 
 def run(name: str, seed: int, variant: str, epochs: int, fraction: float, share: float, runs: Path,
-        noise: str | None = None, decoder: str | None = None) -> dict:
+        noise: str | None = None, decoder: str | None = None, equation_steps: int | None = None) -> dict:
     D = Pendulum if name == "pendulum" else Flow
     train, test = D(split="train"), D(split="test")
     labelled = split(train, fraction, seed)
@@ -121,7 +124,7 @@ def run(name: str, seed: int, variant: str, epochs: int, fraction: float, share:
                           decoder_groups=None if decoder == "joint" else data.object_groups,
                           **({"noise": noise} if noise else {}), **({"decoder": decoder} if decoder else {}))
         fit(model, data, epochs=epochs_here, seed=seed, progress=False, out_dir=out, resume=done is not None,
-            labelled_share=share, batch_size=batch)
+            labelled_share=share, batch_size=batch, equation_steps=equation_steps)
         how = f"trained in {time.perf_counter() - t0:.0f} s"
     res = evaluate_mic_tic(model.eval(), test)
     errors = test_errors(model, test)
@@ -140,6 +143,7 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/semi")
     ap.add_argument("--noise", help="the model's noise setting (default: CausalVAE's)")
     ap.add_argument("--decoder", help="the model's decoder (default: CausalVAE's)")
+    ap.add_argument("--equation-steps", type=int, help="fit's equation_steps (default: fit's)")
     args = ap.parse_args()
     rows = []
     for name in args.dataset:
@@ -149,7 +153,8 @@ def main() -> None:
                   f"recon MSE {r['recon_mse']:.5f}", flush=True)
         for seed in args.seeds:
             for variant in args.variants:
-                r = run(name, seed, variant, args.epochs, args.fraction, args.labelled_share, Path(args.runs), args.noise, args.decoder)
+                r = run(name, seed, variant, args.epochs, args.fraction, args.labelled_share, Path(args.runs),
+                        args.noise, args.decoder, args.equation_steps)
                 rows.append(r)
                 print(f"{name:<9} seed {seed} {variant:<6} ({r['labelled']} labelled of {r['images']} images, "
                       f"{r['epochs']} epochs): MIC {r['mic']:.1f}  TIC {r['tic']:.1f}  SHD {r['shd']}  concept MAE "
