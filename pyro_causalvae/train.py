@@ -538,13 +538,14 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
     start_epoch = start_batch = step = 0
     sums = torch.zeros(len(TERMS) + 1, device=device)
 
+    refit_now = bool(refit_equations and labelled and equation_steps)  # after the last epoch
     config = {"model": model.config(), "fit": dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, al_every=al_every,
               weights=weights.to_dict(), warm_start_steps=warm_start_steps, precision=precision, world_size=ctx.world_size,
               label_dropout=label_dropout, labelled_share=labelled_share if feed.balanced else 0.0,
               # what applies to this model and data, not only what was asked
               order_search=bool(order_search and model.spec.learned and labelled and not model.order_initialised),
               equation_steps=equation_steps if labelled and not model.equations_initialised else 0,
-              refit_equations=bool(refit_equations and labelled and equation_steps),
+              refit_equations=refit_now,
               prune=bool(prune and model.spec.learned and labelled)), **(extra_config or {})}
     if out_dir is not None:
         start_epoch, start_batch, step = _open_run(model, optim, history, sums, ctx, out_dir, resume, seed, config,
@@ -671,7 +672,7 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
                 last = epoch + 1 == epochs
                 if last and prune and model.spec.learned and labelled:
                     history.pruned = prune_learned_graph(model, dataset, ctx, show, watch)
-                if last and refit_equations and labelled and equation_steps:
+                if last and refit_now:
                     history.refit = refit_structural_equations(model, dataset, seed, equation_steps, ctx, show, watch)
                 if out_dir is not None and (last or cadence.due(step, True)):
                     save(epoch + 1, 0, torch.zeros_like(sums))
@@ -705,8 +706,7 @@ def _fit_equations(model: CausalVAE, dataset, seed: int, steps: int, show: bool,
     """The structural equations fitted to the labels (see :mod:`~pyro_causalvae.warm_start`)."""
     t0 = time.perf_counter()
     labels = dataset.labels_normalised.to(device=model.label_loc.device, dtype=torch.float32)
-    with torch.enable_grad():
-        found = fit_structural_equations(model, labels, steps=steps, seed=seed)
+    found = fit_structural_equations(model, labels, steps=steps, seed=seed)
     found["seconds"] = time.perf_counter() - t0
     if found.get("steps"):
         log.info("structural equations fitted to %d labelled rows %s: -log p per row %.3f -> %.3f (%.1f s)",

@@ -67,6 +67,7 @@ def fit_structural_equations(model, labels: torch.Tensor, steps: int = 1000, bat
     def nll(u: torch.Tensor, child_shapes: bool = True) -> torch.Tensor:  # the concept sites' densities
         return -model.concept_log_prob(u, child_shapes=child_shapes).mean(0).sum()
 
+    @torch.enable_grad()  # also when called under no_grad (it is an optimisation)
     def descend(params: list[torch.Tensor], child_shapes: bool) -> None:
         optim = torch.optim.Adam(params, lr=lr)
         # cosine decay to 0: at a constant 1e-2 the last steps oscillate (4,000 steps on Pendulum's labels ended
