@@ -18,8 +18,9 @@ encoder's posterior mean against the labels, normalised units, mean over the con
 reconstruction's mean squared error per pixel. The same two figures are printed first for two known-bad
 references, so their scale can be read: an untrained model of the same configuration, and a constant
 guess (the training labels' mean for every concept, the mean training image for every reconstruction).
-Runs go to RUNS/<dataset>-seed<k>-<variant> (a finished run there is reused). ``--noise``, ``--decoder`` and
-``--equation-steps`` train another setting than the default (use another ``--runs`` folder for it), e.g.
+Runs go to RUNS/<dataset>-seed<k>-<variant> (a finished run there is reused). ``--noise``, ``--decoder``,
+``--equation-steps``, ``--encoder-beta`` and ``--reading-warmup`` train another setting than the default (use
+another ``--runs`` folder for it); ``--trace-every N`` prints the concept readings every N steps. E.g.
 
     python benchmarks/semi_supervised.py --dataset flow --variants semi --decoder joint --runs runs/semi-24j
 """
@@ -38,6 +39,7 @@ from pyro_causalvae import CausalVAE, fit, load_model
 from pyro_causalvae import checkpoint as ckpt
 from pyro_causalvae.data_feed import ShardedBatches
 from pyro_causalvae.datasets import ConceptImageDataset, Flow, Pendulum
+from pyro_causalvae.loss import LossWeights
 from pyro_causalvae.metrics import evaluate_mic_tic, shd
 
 
@@ -103,8 +105,25 @@ def reference_errors(name: str, seed: int) -> dict:
             "constant": {"concept_mae": float((abs_err / n).mean()), "recon_mse": sq_err / n}}
 
 
+@torch.no_grad()
+def trace(out: Path, test, rows: int = 512) -> None:
+    """Print, for each checkpoint of the run: the encoder's concept MAE and mean posterior scale on the first
+    ``rows`` test images (normalised units), per concept: how the readings evolve during training."""
+    x, u = test[0:rows]  # [rows, C, H, W], [rows, K]
+    cfg = ckpt.read_config(out)
+    for path in ckpt.checkpoints(out):
+        model = ckpt.build_model(cfg["model"], str(out / ckpt.CONFIG))
+        ckpt.load_state(model, ckpt.load_checkpoint(path), path, out / ckpt.CONFIG)
+        post = model.eval().posterior(x)
+        mae = (post.loc - u).abs().mean(0)
+        print(f"  {out.name} step {int(path.stem.split('-')[1]):>5}: concept MAE "
+              f"{[round(float(v), 3) for v in mae]}  mean scale {[round(float(v), 3) for v in post.scale.mean(0)]}",
+              flush=True)
+
+
 def run(name: str, seed: int, variant: str, epochs: int, fraction: float, share: float, runs: Path,
-        noise: str | None = None, decoder: str | None = None, equation_steps: int | None = None) -> dict:
+        noise: str | None = None, decoder: str | None = None, equation_steps: int | None = None,
+        encoder_beta: float | None = None, reading_warmup: float | None = None, trace_every: int | None = None) -> dict:
     D = Pendulum if name == "pendulum" else Flow
     train, test = D(split="train"), D(split="test")
     labelled = split(train, fraction, seed)
@@ -124,8 +143,13 @@ def run(name: str, seed: int, variant: str, epochs: int, fraction: float, share:
                           decoder_groups=None if decoder == "joint" else data.object_groups,
                           **({"noise": noise} if noise else {}), **({"decoder": decoder} if decoder else {}))
         fit(model, data, epochs=epochs_here, seed=seed, progress=False, out_dir=out, resume=done is not None,
-            labelled_share=share, batch_size=batch, equation_steps=equation_steps)
+            labelled_share=share, batch_size=batch, equation_steps=equation_steps,
+            weights=None if encoder_beta is None else LossWeights(encoder_beta=encoder_beta),
+            **({} if reading_warmup is None else {"reading_warmup": reading_warmup}),
+            **({} if trace_every is None else {"checkpoint_every": trace_every, "keep_last": 1000}))
         how = f"trained in {time.perf_counter() - t0:.0f} s"
+    if trace_every is not None:
+        trace(out, test)
     res = evaluate_mic_tic(model.eval(), test)
     errors = test_errors(model, test)
     return {**errors, "dataset": name, "seed": seed, "variant": variant, "labelled": len(labelled), "images": len(data),
@@ -144,6 +168,10 @@ def main() -> None:
     ap.add_argument("--noise", help="the model's noise setting (default: CausalVAE's)")
     ap.add_argument("--decoder", help="the model's decoder (default: CausalVAE's)")
     ap.add_argument("--equation-steps", type=int, help="fit's equation_steps (default: fit's)")
+    ap.add_argument("--encoder-beta", type=float, help="LossWeights.encoder_beta (default: LossWeights')")
+    ap.add_argument("--reading-warmup", type=float, help="fit's reading_warmup in epochs (default: fit's)")
+    ap.add_argument("--trace-every", type=int, help="checkpoint every this many steps and print the concept "
+                    "readings' MAE and scale at each (how they evolve)")
     args = ap.parse_args()
     rows = []
     for name in args.dataset:
@@ -154,7 +182,8 @@ def main() -> None:
         for seed in args.seeds:
             for variant in args.variants:
                 r = run(name, seed, variant, args.epochs, args.fraction, args.labelled_share, Path(args.runs),
-                        args.noise, args.decoder, args.equation_steps)
+                        args.noise, args.decoder, args.equation_steps, args.encoder_beta, args.reading_warmup,
+                        args.trace_every)
                 rows.append(r)
                 print(f"{name:<9} seed {seed} {variant:<6} ({r['labelled']} labelled of {r['images']} images, "
                       f"{r['epochs']} epochs): MIC {r['mic']:.1f}  TIC {r['tic']:.1f}  SHD {r['shd']}  concept MAE "

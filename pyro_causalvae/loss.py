@@ -15,7 +15,13 @@
   of the concepts trained on the labels (the auxiliary term of semi-supervised VAEs, Kingma et al. 2014;
   without it a fully labelled dataset would never train the concept encoder, since observed concepts need
   no guide). A mean over the labelled images of the batch, not over all of them: with 10 % of the images
-  labelled, a mean over the batch would weaken the supervision tenfold against the image terms.
+  labelled, a mean over the batch would weaken the supervision tenfold against the image terms. With
+  ``encoder_beta`` > 0 each entry is weighted by ``stop_grad(scale) ** (2 * encoder_beta)`` (beta-NLL,
+  Seitzer et al., ICLR 2022): with plain ``-log q`` the gradient on a reading's mean is
+  ``error / scale^2``, so a concept the encoder has not learnt yet (a large scale) gets far less of the
+  shared layers' gradient than those it reads already. Measured on Flow with 10 % labels (docs/results.md):
+  0.5 rescued a ball_size reading that stayed unlearnt, but read the other concepts 2-4x worse after 6
+  epochs, so the default is 0 (``fit``'s ``reading_warmup`` is what prevents that failure).
 - ``label_loss`` ``l_u`` (the paper's): the labels reconstructed through the *whole* support of ``A``,
   ``mean_n sum_i (u_i - g_i(A[:, i] o u))^2``, a mean over the fully labelled images of the batch (so its
   balance against the per-step penalties on ``A`` does not depend on the labelled share). The structural equations only
@@ -60,6 +66,10 @@ class LossWeights:
         the labels. The default 10 lets the concept readings train as fast as the image terms train the
         shared encoder layers (the pixel log-likelihood sums ``C * H * W`` terms per image, the readings
         ``K``).
+    :param encoder_beta: ``beta`` of beta-NLL for the ``encoder`` term, in ``[0, 1]``: each reading's
+        ``-log q`` is weighted by ``stop_grad(scale) ** (2 * beta)``. 0 is the plain ``-log q``; 1 gives
+        every concept's mean the gradient of a squared error; 0.5 (Seitzer et al.'s choice) is between.
+        Default 0 (measured, see the module docstring).
     :param cycle: weight of :func:`cycle_term` (counterfactual images read back by the encoder; 0: off).
     :param minimality: weight of :func:`minimality_term` (what a counterfactual must not change, read back by
         the encoder; 0: off).
@@ -75,6 +85,7 @@ class LossWeights:
     kl: float = 1.0
     labels: float = 1.0
     encoder: float = 100.0
+    encoder_beta: float = 0.0
     cycle: float = 0.0
     minimality: float = 0.0
     label_loss: float = 1.0
@@ -87,6 +98,8 @@ class LossWeights:
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0) or v == float("inf"):
                 raise ValueError(f"loss weight {f.name} must be a finite number >= 0, got {v!r}")
+        if self.encoder_beta > 1:
+            raise ValueError(f"loss weight encoder_beta must be in [0, 1], got {self.encoder_beta!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,7 +202,8 @@ def normal_nll(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor | float) 
 
 
 def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
-               hide: torch.Tensor | None = None, cycle: bool = False, minimality: bool = False) -> dict[str, torch.Tensor]:
+               hide: torch.Tensor | None = None, cycle: bool = False, minimality: bool = False,
+               encoder_beta: float = 0.0, detach_draws: bool = False) -> dict[str, torch.Tensor]:
     """Each loss term as a scalar tensor (per image where it applies), unweighted.
 
     The ELBO part is computed as tensors, every concept at once: the guide's draws (in the guide's
@@ -204,6 +218,10 @@ def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
         concepts are then inferred by the guide, so the encoder also learns from the reconstruction
         path), while the ``encoder`` term still reads them (label dropout, see
         :func:`~pyro_causalvae.train.fit`).
+    :param encoder_beta: beta-NLL's ``beta`` for the ``encoder`` term (:class:`LossWeights`; 0: ``-log q``).
+    :param detach_draws: the decoder reads the guide's draws of the inferred concepts detached: the
+        reconstruction then trains the decoder on them but not the encoder's readings (``fit``'s
+        ``reading_warmup``). The values and the other terms are unchanged.
     """
     N = x.shape[0]
     seen = u if u is None or hide is None else u.masked_fill(hide[:, None], float("nan"))
@@ -225,11 +243,13 @@ def loss_terms(model: CausalVAE, x: torch.Tensor, u: torch.Tensor | None,
     if model.style_dim:
         q = torch.distributions.Normal(post.style_loc, post.style_scale)
         kl = kl + torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum()
-    loc = model.decode(c, style)
+    loc = model.decode(torch.where(missing, z.detach(), c) if detach_draws else c, style)
     recon = normal_nll(x, loc, model.pixel_scales()) / N
     if u is not None:
         observed = ~torch.isnan(u)
-        reading = torch.distributions.Normal(post.loc, post.scale).log_prob(u.nan_to_num(0.0))
+        reading = torch.distributions.Normal(post.loc, post.scale).log_prob(u.nan_to_num(0.0))  # [N, K]
+        if encoder_beta:
+            reading = reading * post.scale.detach() ** (2 * encoder_beta)
         encoder = -(reading * observed).sum() / observed.any(-1).sum().clamp_min(1)
     else:
         encoder = x.new_zeros(())

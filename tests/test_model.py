@@ -491,3 +491,48 @@ def test_normal_nll_equals_pyro_normal_log_prob(scale):
     wrt = [loc] + ([s] if isinstance(s, torch.Tensor) else [])
     for a, b in zip(torch.autograd.grad(ours, wrt), torch.autograd.grad(expected, wrt)):
         assert_close(a, b)
+
+
+def test_encoder_beta_weights_each_reading_by_its_scale_so_an_unread_concept_keeps_its_gradient():
+    """beta-NLL (Seitzer et al. 2022) on the encoder term: each labelled reading's -log q is weighted by
+    stop_grad(scale)^(2 beta); the gradient on its mean is then error / scale^(2 - 2 beta), so beta = 1 gives
+    every concept the squared error's gradient whatever its scale, and beta = 0 is the plain -log q."""
+    model = chain_model()
+    x, u = data()
+    u = _with_missing(u)
+    observed = ~torch.isnan(u)
+    post = model.posterior(x)
+    loc = post.loc.detach().requires_grad_(True)
+    scale = post.scale.detach() * torch.linspace(0.5, 20.0, 4)  # very different scales per concept
+    model.posterior = lambda _x: post._replace(loc=loc, scale=scale)
+    n_labelled = observed.any(-1).sum()
+    for beta in (0.0, 0.5, 1.0):
+        t = loss_terms(model, x, u, encoder_beta=beta)
+        (g,) = torch.autograd.grad(t["encoder"], loc)
+        expected = (loc - u.nan_to_num(0.0)) * observed / scale ** (2 - 2 * beta) / n_labelled
+        assert_close(g, expected.detach(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="encoder_beta must be in"):
+        LossWeights(encoder_beta=1.5)
+
+
+def test_detached_draws_keep_the_values_and_cut_only_the_reconstruction_path_to_the_encoder():
+    """loss_terms(detach_draws=True) (fit's reading warm-up): every term has the same value; the reconstruction
+    passes no gradient to the encoder's readings of the inferred concepts, but still trains the decoder."""
+    model = chain_model()
+    x, u = data()
+    u = _with_missing(u)
+    post = model.posterior(x)
+    loc = post.loc.detach().requires_grad_(True)
+    model.posterior = lambda _x: post._replace(loc=loc, scale=post.scale.detach())
+    out = {}
+    for detach in (False, True):
+        pyro.set_rng_seed(0)
+        t = loss_terms(model, x, u, detach_draws=detach)
+        g_loc, *g_dec = torch.autograd.grad(t["recon"], [loc] + list(model.decoder.parameters()), allow_unused=True)
+        out[detach] = (t, g_loc, g_dec)
+    (t0, g0, d0), (t1, g1, d1) = out[False], out[True]
+    for k in t0:
+        assert_close(t0[k], t1[k])
+    missing = torch.isnan(u)
+    assert g0[missing].abs().sum() > 0 and g1 is None or g1.abs().sum() == 0
+    assert all(torch.equal(a, b) for a, b in zip(d0, d1) if a is not None)  # the decoder learns as before

@@ -138,6 +138,8 @@ def test_bad_data_is_refused_before_training(data, match):
         (dict(lr=float("nan")), "lr"),
         (dict(resume=True), "needs out_dir"),
         (dict(weights=None, device="cuda:0"), "CUDA is not available"),
+        (dict(reading_warmup=-1), "reading_warmup"),
+        (dict(reading_warmup=float("nan")), "reading_warmup"),
     ],
 )
 def test_bad_settings(kw, match, monkeypatch):
@@ -309,3 +311,22 @@ def test_fit_refits_the_structural_equations_after_the_last_epoch_and_nothing_el
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out))["refit"] == on.refit  # saved with the final state
     with torch.no_grad():
         assert abs(float(-load_model(out).concept_log_prob(ds.labels_normalised).mean(0).sum()) - nll_on) < 1e-4
+
+
+def test_reading_warmup_detaches_the_inferred_concepts_for_its_steps_only(tmp_path, monkeypatch):
+    """fit(reading_warmup=1.5) with 4 steps per epoch: the first round(1.5 * 4) = 6 of the 12 steps decode the
+    guide's draws detached; the setting is recorded in config.json."""
+    from pyro_causalvae import loss, train
+
+    seen = []
+
+    def spy(*a, detach_draws=False, **k):
+        seen.append(detach_draws)
+        return loss.loss_terms(*a, detach_draws=detach_draws, **k)
+
+    monkeypatch.setattr(train, "loss_terms", spy)
+    ds = tiny_dataset(n=64)  # 4 batches of 16
+    fit(tiny_model(), ds, epochs=3, batch_size=16, seed=0, progress=False, reading_warmup=1.5, out_dir=tmp_path / "r",
+        refit_equations=False)
+    assert seen == [True] * 6 + [False] * 6
+    assert json.loads((tmp_path / "r" / ckpt.CONFIG).read_text())["fit"]["reading_warmup"] == 1.5
