@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py                                  # Pendulum and Flow, seeds 0 1 2, 30 epochs
     python benchmarks/quality.py --seeds 0 --dataset pendulum     # one run
+    python benchmarks/quality.py --weight rereading=100 --runs runs/reread   # a loss weight changed
 
 Each (dataset, seed) is trained at the default `train` settings into RUNS/<dataset>-seed<k> (a finished
 run there is reused), then evaluated on the test split: MIC and TIC x 100 (pyro_causalvae.metrics.protocol)
@@ -23,13 +24,14 @@ import pyro
 from pyro_causalvae import CausalVAE, fit, load_model
 from pyro_causalvae import checkpoint as ckpt
 from pyro_causalvae.datasets import Flow, Pendulum
+from pyro_causalvae.loss import LossWeights
 from pyro_causalvae.metrics import evaluate_mic_tic, shd
 from pyro_causalvae.train import prune_learned_graph
 
 PAPER = {"pendulum": (95.1, 2.4, 81.6, 1.9), "flow": (72.1, 1.3, 56.4, 1.6)}
 
 
-def run(name: str, seed: int, epochs: int, runs: Path) -> dict:
+def run(name: str, seed: int, epochs: int, runs: Path, weights: LossWeights | None = None) -> dict:
     D = Pendulum if name == "pendulum" else Flow
     out = runs / f"{name}-seed{seed}"
     t0 = time.perf_counter()
@@ -50,7 +52,7 @@ def run(name: str, seed: int, epochs: int, runs: Path) -> dict:
         pyro.set_rng_seed(seed)
         model = CausalVAE(train.concepts, train.image_shape, label_loc=train.label_loc, label_scale=train.label_scale,
                           decoder_groups=train.object_groups)
-        hist = fit(model, train, epochs=epochs, seed=seed, progress=False, out_dir=out, resume=done is not None,
+        hist = fit(model, train, epochs=epochs, seed=seed, progress=False, out_dir=out, resume=done is not None, weights=weights,
                    extra_config={"data": {"dataset": name, "size": 96, "data_seed": 0, "noise": 0.0}})
         pruned = hist.pruned
         trained = f"trained in {time.perf_counter() - t0:.0f} s"
@@ -68,11 +70,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--runs", default="runs/quality")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
+                    help="a LossWeights field for fresh trainings (repeatable), e.g. rereading=100")
     args = ap.parse_args()
+    try:
+        weights = LossWeights(**{k: float(v) for k, v in (w.split("=", 1) for w in args.weight)})
+    except (TypeError, ValueError) as e:
+        ap.error(f"--weight: {e}")
     results = []
     for name in args.dataset:
         for seed in args.seeds:
-            r = run(name, seed, args.epochs, Path(args.runs))
+            r = run(name, seed, args.epochs, Path(args.runs), weights)
             results.append(r)
             print(f"{name:<9} seed {seed}: MIC {r['mic']:.1f}  TIC {r['tic']:.1f}  SHD {r['shd']}  pruned {r['pruned'] or '-'}  "
                   f"({r['how']})", flush=True)

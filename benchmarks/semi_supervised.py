@@ -123,7 +123,8 @@ def trace(out: Path, test, rows: int = 512) -> None:
 
 def run(name: str, seed: int, variant: str, epochs: int, fraction: float, share: float, runs: Path,
         noise: str | None = None, decoder: str | None = None, equation_steps: int | None = None,
-        encoder_beta: float | None = None, reading_warmup: float | None = None, trace_every: int | None = None) -> dict:
+        encoder_beta: float | None = None, reading_warmup: float | None = None, trace_every: int | None = None,
+        rereading: float | None = None) -> dict:
     D = Pendulum if name == "pendulum" else Flow
     train, test = D(split="train"), D(split="test")
     labelled = split(train, fraction, seed)
@@ -144,7 +145,8 @@ def run(name: str, seed: int, variant: str, epochs: int, fraction: float, share:
                           **({"noise": noise} if noise else {}), **({"decoder": decoder} if decoder else {}))
         fit(model, data, epochs=epochs_here, seed=seed, progress=False, out_dir=out, resume=done is not None,
             labelled_share=share, batch_size=batch, equation_steps=equation_steps,
-            weights=None if encoder_beta is None else LossWeights(encoder_beta=encoder_beta),
+            weights=LossWeights(**({} if encoder_beta is None else {"encoder_beta": encoder_beta}),
+                                **({} if rereading is None else {"rereading": rereading})),
             **({} if reading_warmup is None else {"reading_warmup": reading_warmup}),
             **({} if trace_every is None else {"checkpoint_every": trace_every, "keep_last": 1000}))
         how = f"trained in {time.perf_counter() - t0:.0f} s"
@@ -169,6 +171,7 @@ def main() -> None:
     ap.add_argument("--decoder", help="the model's decoder (default: CausalVAE's)")
     ap.add_argument("--equation-steps", type=int, help="fit's equation_steps (default: fit's)")
     ap.add_argument("--encoder-beta", type=float, help="LossWeights.encoder_beta (default: LossWeights')")
+    ap.add_argument("--rereading", type=float, help="LossWeights.rereading (default: LossWeights')")
     ap.add_argument("--reading-warmup", type=float, help="fit's reading_warmup in epochs (default: fit's)")
     ap.add_argument("--trace-every", type=int, help="checkpoint every this many steps and print the concept "
                     "readings' MAE and scale at each (how they evolve)")
@@ -183,7 +186,7 @@ def main() -> None:
             for variant in args.variants:
                 r = run(name, seed, variant, args.epochs, args.fraction, args.labelled_share, Path(args.runs),
                         args.noise, args.decoder, args.equation_steps, args.encoder_beta, args.reading_warmup,
-                        args.trace_every)
+                        args.trace_every, args.rereading)
                 rows.append(r)
                 print(f"{name:<9} seed {seed} {variant:<6} ({r['labelled']} labelled of {r['images']} images, "
                       f"{r['epochs']} epochs): MIC {r['mic']:.1f}  TIC {r['tic']:.1f}  SHD {r['shd']}  concept MAE "

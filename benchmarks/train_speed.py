@@ -3,6 +3,7 @@
     python benchmarks/train_speed.py                      # Pendulum and Flow, default `train` settings
     python benchmarks/train_speed.py --epochs 2 --dataset pendulum   # a quick look
     python benchmarks/train_speed.py --epochs 2 --dataset pendulum --decoder layered joint   # the decoders' cost
+    python benchmarks/train_speed.py --epochs 3 --dataset pendulum --weight rereading=0 --weight rereading=100   # a term's cost
 
 For each dataset, in a fresh process (so that peak memory is that run's own): generate the data, time
 training steps at the default settings (images/s over whole epochs, as the training loop reports them),
@@ -22,12 +23,13 @@ import sys
 import time
 
 
-def run_one(name: str, epochs: int, seed: int, graph: str, decoder: str) -> dict:
+def run_one(name: str, epochs: int, seed: int, graph: str, decoder: str, weight: str = "") -> dict:
     import pyro
     import torch
 
     from pyro_causalvae import CausalVAE, fit
     from pyro_causalvae.datasets import Flow, Pendulum
+    from pyro_causalvae.loss import LossWeights
     from pyro_causalvae.metrics import edge_precision_recall, shd
 
     t0 = time.perf_counter()
@@ -37,7 +39,8 @@ def run_one(name: str, epochs: int, seed: int, graph: str, decoder: str) -> dict
     model = CausalVAE(data.concepts, data.image_shape, graph="learn" if graph == "learn" else data.graph,
                       label_loc=data.label_loc, label_scale=data.label_scale, decoder=decoder,
                       decoder_groups=None if decoder == "joint" else data.object_groups)
-    hist = fit(model, data, epochs=epochs, seed=seed, progress=False)
+    weights = LossWeights(**{k: float(v) for k, v in (w.split("=", 1) for w in weight.split(",") if w)})
+    hist = fit(model, data, epochs=epochs, seed=seed, progress=False, weights=weights)
     learned = model.graph()
     p, r = edge_precision_recall(learned, data.graph)
     ips = [row["images_per_s"] for row in hist.rows]
@@ -54,6 +57,7 @@ def run_one(name: str, epochs: int, seed: int, graph: str, decoder: str) -> dict
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "graph_mode": graph,
         "decoder": decoder,
+        "weights": weight or "defaults",
         "learned_edges": [f"{u}->{v}" for u, v in learned.edges()],
         "shd": shd(learned, data.graph),
         "precision": round(p, 3),
@@ -70,6 +74,8 @@ def main() -> None:
     ap.add_argument("--graph", default="learn", choices=["learn", "true"])
     ap.add_argument("--decoder", nargs="+", default=["layered"], choices=["layered", "joint", "composite"],
                     help="decoders to time, one after the other in this run (default: the default, layered)")
+    ap.add_argument("--weight", action="append", metavar="NAME=VALUE[,NAME=VALUE]",
+                    help="LossWeights settings to time, one run per occurrence (default: the defaults)")
     ap.add_argument("--single", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.epochs is None:
@@ -77,15 +83,15 @@ def main() -> None:
 
         args.epochs = build_parser().parse_args(["train", "--dataset", "pendulum", "--out", "x"]).epochs
     if args.single:
-        print(json.dumps(run_one(args.single, args.epochs, args.seed, args.graph, args.decoder[0])))
+        print(json.dumps(run_one(args.single, args.epochs, args.seed, args.graph, args.decoder[0], (args.weight or [""])[0])))
         return
     for name in args.dataset:
-        for decoder in args.decoder:
+        for decoder, weight in ((d, w) for d in args.decoder for w in args.weight or [""]):
             cmd = [sys.executable, __file__, "--single", name, "--epochs", str(args.epochs), "--seed", str(args.seed), "--graph", args.graph,
-                   "--decoder", decoder]
+                   "--decoder", decoder] + (["--weight", weight] if weight else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
             res = json.loads(out.strip().splitlines()[-1])
-            print(f"{name} {res['image_shape']}, {decoder} decoder: {res['images']} train images, data generated in {res['data_seconds']} s")
+            print(f"{name} {res['image_shape']}, {decoder} decoder, weights {res['weights']}: {res['images']} train images, data generated in {res['data_seconds']} s")
             print(f"  training: {res['images_per_s_median']} images/s median over {res['epochs']} epochs "
                   f"(best {res['images_per_s_best']}), {res['train_seconds']} s, {res['threads']} threads")
             print(f"  peak memory (RSS): {res['peak_rss_gb']} GB")

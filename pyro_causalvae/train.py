@@ -98,9 +98,9 @@ class Objective(torch.nn.Module):
         self.cycle, self.minimality, self.encoder_beta = cycle, minimality, encoder_beta
 
     def forward(self, x: torch.Tensor, u: torch.Tensor | None, hide: torch.Tensor | None = None,
-                detach_draws: bool = False) -> dict[str, torch.Tensor]:
+                detach_draws: bool = False, rereading: bool = False) -> dict[str, torch.Tensor]:
         return loss_terms(self.model, x, u, hide, cycle=self.cycle, minimality=self.minimality,
-                          encoder_beta=self.encoder_beta, detach_draws=detach_draws)
+                          encoder_beta=self.encoder_beta, detach_draws=detach_draws, rereading=rereading)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -554,6 +554,7 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
 
     refit_now = bool(refit_equations and labelled and equation_steps)  # after the last epoch
     warmup_steps = round(reading_warmup * spe) if labelled else 0  # global steps with detached readings
+    reread = weights.rereading > 0  # from the end of the warm-up on
     config = {"model": model.config(), "fit": dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, al_every=al_every,
               weights=weights.to_dict(), warm_start_steps=warm_start_steps, precision=precision, world_size=ctx.world_size,
               label_dropout=label_dropout, labelled_share=labelled_share if feed.balanced else 0.0,
@@ -639,7 +640,8 @@ def _fit(model, dataset, n, ctx, watch, out_dir, *, epochs, batch_size, lr, weig
                     torch.manual_seed(step_seed(seed, step, ctx.rank))
                     hide = (torch.rand(x.shape[0], device=device) < label_dropout) if labelled and label_dropout else None
                     with autocast:
-                        terms = objective(x, u if labelled else None, hide, step < warmup_steps)
+                        terms = objective(x, u if labelled else None, hide, step < warmup_steps,
+                                          reread and step >= warmup_steps)
                     terms = {k: v.float() for k, v in terms.items()}
                     loss = total_loss(terms, weights)
                     vals = torch.stack([terms[t].detach() for t in TERMS] + [loss.detach()])

@@ -15,7 +15,7 @@ from torch.testing import assert_close
 
 from pyro_causalvae import CausalVAE
 from pyro_causalvae.dag import AugmentedLagrangian, acyclicity, causal_order
-from pyro_causalvae.loss import LossWeights, loss_terms, minimality_term, pyro_elbo_loss, total_loss
+from pyro_causalvae.loss import LossWeights, loss_terms, minimality_term, pyro_elbo_loss, rereading_term, total_loss
 from pyro_causalvae.nets import CompositeConvDecoder
 from pyro_causalvae.queries import posterior_mean, prediction
 
@@ -472,6 +472,28 @@ def test_minimality_term_reads_back_only_what_an_intervention_must_not_change():
     assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
     assert minimality_term(model, x, u, post, share=0.25).shape == ()  # 2 of the 8 images, random k and v
+
+
+def test_rereading_term_trains_the_encoder_on_the_decoders_counterfactuals():
+    # a -> b -> c: each image under do(c_k = another image's value), decoded with the decoder held, read back
+    model = CausalVAE(("a", "b", "c"), (3, 16, 16), graph=[("a", "b"), ("b", "c")], channels=8, hidden=16)
+    x, u = torch.rand(8, 3, 16, 16), torch.rand(8, 3) * 2 - 1
+    u[4:, 1] = float("nan")  # half the images miss b's label: the encoder's reading stands in for it
+    post = model.posterior(x)
+    pyro.set_rng_seed(3)
+    term = rereading_term(model, u, post, share=1.0)
+    pyro.set_rng_seed(3)
+    k, other = torch.randint(0, 3, (8,)), torch.randint(0, 8, (8,))
+    with torch.no_grad():
+        c = torch.where(torch.isnan(u), post.loc, u)
+        target = model.counterfactual_concepts(c, k, c[other, k])
+        read = model.posterior(model.decode(target)).loc
+    assert (target != c).any(-1).sum() >= 4  # the interventions change the concepts
+    assert_close(term, ((read - target) ** 2).sum(-1).mean() / (2 * 0.05**2))
+    term.backward()  # trains the encoder only: the decoder's images are fixed inputs
+    assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert rereading_term(model, None, model.posterior(x), share=0.25).shape == ()  # unlabelled batch, 2 images
 
 
 @pytest.mark.parametrize("scale", [0.1, torch.tensor([0.05, 0.2, 1.5])[:, None, None], torch.tensor([0.3]),

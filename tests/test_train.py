@@ -313,20 +313,41 @@ def test_fit_refits_the_structural_equations_after_the_last_epoch_and_nothing_el
         assert abs(float(-load_model(out).concept_log_prob(ds.labels_normalised).mean(0).sum()) - nll_on) < 1e-4
 
 
-def test_reading_warmup_detaches_the_inferred_concepts_for_its_steps_only(tmp_path, monkeypatch):
-    """fit(reading_warmup=1.5) with 4 steps per epoch: the first round(1.5 * 4) = 6 of the 12 steps decode the
-    guide's draws detached; the setting is recorded in config.json."""
+def record_loss_terms_flag(monkeypatch, flag: str) -> list[bool]:
+    """Spy on the loss terms fit computes: the list of the boolean keyword ``flag`` at each training step."""
     from pyro_causalvae import loss, train
 
     seen = []
 
-    def spy(*a, detach_draws=False, **k):
-        seen.append(detach_draws)
-        return loss.loss_terms(*a, detach_draws=detach_draws, **k)
+    def spy(*a, **k):
+        seen.append(bool(k.get(flag, False)))
+        return loss.loss_terms(*a, **k)
 
     monkeypatch.setattr(train, "loss_terms", spy)
+    return seen
+
+
+def test_reading_warmup_detaches_the_inferred_concepts_for_its_steps_only(tmp_path, monkeypatch):
+    """fit(reading_warmup=1.5) with 4 steps per epoch: the first round(1.5 * 4) = 6 of the 12 steps decode the
+    guide's draws detached; the setting is recorded in config.json."""
+    seen = record_loss_terms_flag(monkeypatch, "detach_draws")
     ds = tiny_dataset(n=64)  # 4 batches of 16
     fit(tiny_model(), ds, epochs=3, batch_size=16, seed=0, progress=False, reading_warmup=1.5, out_dir=tmp_path / "r",
         refit_equations=False)
     assert seen == [True] * 6 + [False] * 6
     assert json.loads((tmp_path / "r" / ckpt.CONFIG).read_text())["fit"]["reading_warmup"] == 1.5
+
+
+def test_rereading_starts_at_the_end_of_the_reading_warmup(tmp_path, monkeypatch):
+    """LossWeights(rereading=...) > 0: the term is computed from the end of the readings' warm-up on (the
+    decoder's first images say nothing yet), recorded in the history; off (weight 0) it is never computed."""
+    seen = record_loss_terms_flag(monkeypatch, "rereading")
+    ds = tiny_dataset(n=64)  # 4 batches of 16
+    hist = fit(tiny_model(), ds, epochs=3, batch_size=16, seed=0, progress=False, reading_warmup=1.5,
+               weights=LossWeights(rereading=10.0), refit_equations=False)
+    assert seen == [False] * 6 + [True] * 6
+    assert hist.rows[0]["rereading"] == 0 and hist.rows[2]["rereading"] != 0
+    seen.clear()
+    fit(tiny_model(), ds, epochs=1, batch_size=16, seed=0, progress=False, refit_equations=False,
+        weights=LossWeights(rereading=0.0))
+    assert seen == [False] * 4
