@@ -23,6 +23,7 @@ import pyro
 
 from pyro_causalvae import CausalVAE, fit, load_model
 from pyro_causalvae import checkpoint as ckpt
+from pyro_causalvae.cli import parse_weights
 from pyro_causalvae.datasets import Flow, Pendulum
 from pyro_causalvae.loss import LossWeights
 from pyro_causalvae.metrics import evaluate_mic_tic, shd
@@ -74,8 +75,8 @@ def main() -> None:
                     help="a LossWeights field for fresh trainings (repeatable), e.g. rereading=100")
     args = ap.parse_args()
     try:
-        weights = LossWeights(**{k: float(v) for k, v in (w.split("=", 1) for w in args.weight)})
-    except (TypeError, ValueError) as e:
+        weights = parse_weights(args.weight)
+    except ValueError as e:
         ap.error(f"--weight: {e}")
     results = []
     for name in args.dataset:

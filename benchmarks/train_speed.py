@@ -28,8 +28,8 @@ def run_one(name: str, epochs: int, seed: int, graph: str, decoder: str, weight:
     import torch
 
     from pyro_causalvae import CausalVAE, fit
+    from pyro_causalvae.cli import parse_weights
     from pyro_causalvae.datasets import Flow, Pendulum
-    from pyro_causalvae.loss import LossWeights
     from pyro_causalvae.metrics import edge_precision_recall, shd
 
     t0 = time.perf_counter()
@@ -39,7 +39,7 @@ def run_one(name: str, epochs: int, seed: int, graph: str, decoder: str, weight:
     model = CausalVAE(data.concepts, data.image_shape, graph="learn" if graph == "learn" else data.graph,
                       label_loc=data.label_loc, label_scale=data.label_scale, decoder=decoder,
                       decoder_groups=None if decoder == "joint" else data.object_groups)
-    weights = LossWeights(**{k: float(v) for k, v in (w.split("=", 1) for w in weight.split(",") if w)})
+    weights = parse_weights(weight.split(",") if weight else [])
     hist = fit(model, data, epochs=epochs, seed=seed, progress=False, weights=weights)
     learned = model.graph()
     p, r = edge_precision_recall(learned, data.graph)

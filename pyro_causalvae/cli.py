@@ -23,7 +23,12 @@ from .progress import log_to_stdout, phase
 EPILOG = "Run 'pyro-causalvae COMMAND --help' for a command's options."
 
 
-def _weights(items: list[str] | None):
+def parse_weights(items: list[str] | None):
+    """``LossWeights`` from ``NAME=VALUE`` strings (``train --weight``; the benchmarks' ``--weight`` too).
+
+    :raises ValueError: one line naming the item that is not ``NAME=VALUE``, an unknown name or a value that
+        is not a number (or that ``LossWeights`` refuses).
+    """
     from .loss import LossWeights
 
     kw = {}
@@ -354,7 +359,7 @@ def run_training(args, dataset_args) -> int:
     from .train import check_settings, fit
 
     _check_graph_args(args)
-    weights = _weights(args.weight)
+    weights = parse_weights(args.weight)
     check_settings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=weights, seed=args.seed,
                    keep_last=args.keep_last, checkpoint_every=args.checkpoint_every,
                    checkpoint_interval=args.checkpoint_interval, peer_timeout=args.peer_timeout,
